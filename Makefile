@@ -1,0 +1,46 @@
+# Two set-up commands: `make demo` and `make test`. Both build .venv from scratch.
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU build of torch is installed first so a fresh install never pulls CUDA wheels.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: test demo install lint bench clean
+
+$(VENV)/.base:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.base pyproject.toml
+	$(PIP) install -q -e ".[dev,viz]"
+	touch $@
+
+$(VENV)/.app: $(VENV)/.base pyproject.toml
+	$(PIP) install -q -e .
+	touch $@
+
+install: $(VENV)/.app
+
+test: $(VENV)/.dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+
+demo: $(VENV)/.app
+	rm -rf demo-in
+	$(PY) -m cakfx.demo demo-in
+	$(VENV)/bin/cakfx process demo-in -p demo -o demo-out --overwrite
+	@echo
+	@echo "Demo input:   $(CURDIR)/demo-in"
+	@echo "Demo output:  $(CURDIR)/demo-out"
+
+bench: $(VENV)/.dev
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info demo-in demo-out

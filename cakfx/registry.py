@@ -1,0 +1,132 @@
+"""The effect registry: what ``register_effects`` hooks registered, and ``create_effect``."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from cakfx.errors import CakfxError
+from cakfx.params import Param
+from cakfx.plugin_manager import load_plugins, pm
+
+
+@dataclass
+class EffectSpec:
+    """A registered effect.
+
+    ``factory(**params)`` builds the node. Neural effects also provide
+    ``load_model(weights_file, device) -> torch.nn.Module`` (for
+    ``cakfx.load_model``) and ``import_checkpoint(path, **options) -> (tensors,
+    metadata)`` (for ``cakfx weights import``); ``takes_device`` says the factory
+    accepts a ``device=`` keyword.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    params: list[Param]
+    summary: str = ""
+    description: str = ""
+    load_model: Callable[..., Any] | None = None
+    import_checkpoint: Callable[..., Any] | None = None
+    takes_device: bool = False
+    # extra per-value validation (e.g. pedalboard setters); raises ValueError(param, message)
+    validate: Callable[[dict], None] | None = None
+    plugin: str = ""
+    param_map: dict[str, Param] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.param_map = {p.name: p for p in self.params}
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "description": self.description,
+            "plugin": self.plugin,
+            "params": [p.to_dict() for p in self.params],
+        }
+
+
+_effects: dict[str, EffectSpec] | None = None
+
+
+def effects() -> dict[str, EffectSpec]:
+    """All registered effects by name (plugins are loaded on first use)."""
+    global _effects
+    if _effects is None:
+        load_plugins()
+        found: dict[str, EffectSpec] = {}
+        for impl in pm.hook.register_effects.get_hookimpls():
+            plugin_name = impl.plugin_name
+
+            def register(name, factory, params, _plugin=plugin_name, **info):
+                found[name] = EffectSpec(name, factory, list(params), plugin=_plugin, **info)
+
+            impl.function(register=register)
+        _effects = dict(sorted(found.items()))
+    return _effects
+
+
+def closest(name: str, options) -> str:
+    """`` (did you mean 'x'?)`` or an empty string."""
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def get_effect(name: str) -> EffectSpec:
+    table = effects()
+    if name not in table:
+        lowered = {k.lower(): k for k in table}
+        if name.lower() in lowered:
+            return table[lowered[name.lower()]]
+        raise CakfxError(f"unknown effect {name!r}{closest(name, table)}")
+    return table[name]
+
+
+def check_params(spec: EffectSpec, params: dict, where: str = "") -> dict:
+    """Validate ``params`` against ``spec``; return them with defaults filled in.
+
+    Errors name ``where`` (file / chain entry), the key and the problem.
+    """
+    prefix = f"{where}: " if where else ""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        param = spec.param_map.get(key)
+        if param is None:
+            raise CakfxError(
+                f"{prefix}unknown parameter {key!r} for {spec.name}{closest(key, spec.param_map)}"
+            )
+        try:
+            out[key] = param.check(value)
+        except ValueError as exc:
+            raise CakfxError(f"{prefix}{key}: {exc}") from None
+    for param in spec.params:
+        if param.name not in out:
+            if param.required:
+                raise CakfxError(f"{prefix}missing required parameter {param.name!r}")
+            if param.default is not None:
+                out[param.name] = param.default
+    if spec.validate is not None:
+        try:
+            spec.validate(out)
+        except ValueError as exc:
+            raise CakfxError(f"{prefix}{exc}") from None
+    return out
+
+
+def create_effect(name: str, *, device: Any = None, where: str = "", **params: Any) -> Any:
+    """Build the effect ``name`` with validated ``params``.
+
+    Returns a node: an ``EffectNode`` or a native ``pedalboard.Plugin``.
+    """
+    spec = get_effect(name)
+    checked = check_params(spec, params, where)
+    if spec.takes_device:
+        checked["device"] = device
+    try:
+        return spec.factory(**checked)
+    except CakfxError as exc:
+        if where and not str(exc).startswith(where):
+            raise CakfxError(f"{where}: {exc}") from None
+        raise

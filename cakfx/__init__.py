@@ -30,8 +30,11 @@ def load_preset(name_or_path, device=None, overrides=None) -> Chain:
     return _load(name_or_path, device=device, overrides=overrides)
 
 
-def process_file(in_path, out_path, chain) -> dict:
-    """Process one file through ``chain``, keeping its rate, channels and format."""
+def process_file(in_path, out_path, chain):
+    """Process one file through ``chain``, keeping its rate, channels, length and format.
+
+    Returns a ``cakfx.batch.FileResult``; raises ``CakfxError`` on bad input.
+    """
     from cakfx.batch import process_file as _process
 
     return _process(in_path, out_path, chain)

@@ -5,7 +5,7 @@ Header metadata (all strings, as safetensors requires): ``kind``
 (JSON: normalisation the model needs) and ``training`` (JSON: trainer,
 profile, data set summary, epochs, seed, date, ...).
 Resolution by name: ``$CAKFX_HOME/weights/NAME.safetensors``, then the
-bundled ``cakfx.weights`` package data.
+bundled ``cakfx.bundled_weights`` package data (the repo's ``weights/``).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def load_weights(path: str | os.PathLike, expect_kind: str | None = None) -> Wei
 
 
 def bundled_dir() -> Path:
-    return Path(str(resources.files("cakfx.weights")))
+    return Path(str(resources.files("cakfx.bundled_weights")))
 
 
 def is_path_like(ref: str) -> bool:

@@ -1,0 +1,320 @@
+"""The ``cakfx`` command line: a thin click layer over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cakfx import __version__
+from cakfx.errors import CakfxError
+
+
+class CakfxGroup(click.Group):
+    """Turns ``CakfxError`` into one ``Error: ...`` line and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CakfxError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=CakfxGroup)
+@click.version_option(__version__, prog_name="cakfx")
+def cli():
+    """Apply learned CAK audio effects (texture, grain), chained with pedalboard effects, in bulk."""
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+# ---- process --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-p", "--preset", required=True, help="Preset name or path to a .toml file.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--set", "sets", multiple=True, metavar="ID.PARAM=VALUE", help="Override a preset parameter.")
+@click.option("--device", default=None, help="auto, cpu, cuda[:N] or mps (default: $CAKFX_DEVICE or auto).")
+@click.option(
+    "--format", "out_format", default="same", show_default=True,
+    type=click.Choice(["same", "wav", "flac", "ogg", "aiff"]), help="Output container.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them).")
+@click.option("--dry-run", is_flag=True, help="Show what would be written, write nothing.")
+@click.option("--report", type=click.Path(path_type=Path), help="Write per-file results as JSON.")
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64), help="Files in parallel.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_run, report, jobs, quiet):
+    """Process audio files and folders (recursively) through a preset's chain.
+
+    The output tree mirrors the input tree; each file keeps its sample rate,
+    channels, length, container and sample format. Existing outputs are
+    skipped unless --overwrite, so rerunning resumes an interrupted batch.
+    """
+    from cakfx.batch import run_batch
+    from cakfx.device import resolve_device
+    from cakfx.presets import apply_overrides, build_chain, parse_set, read_preset, resolved_entries
+
+    overrides = parse_set(sets)
+    dev = resolve_device(device)
+    spec = apply_overrides(read_preset(preset), overrides)
+    resolved_entries(spec)  # fail fast on a bad preset, before touching any file
+    first_chain = [build_chain(spec, device=dev)]
+
+    def chain_factory():
+        # the first worker reuses the chain built up front; others get their own
+        return first_chain.pop() if first_chain else build_chain(spec, device=dev)
+
+    def on_result(result):
+        if result.status == "failed":
+            click.echo(f"failed: {result.input}: {result.reason}", err=True)
+        elif result.status == "planned":
+            click.echo(f"would write {result.output}")
+
+    result = run_batch(
+        inputs, out_dir, chain_factory, out_format=out_format, overwrite=overwrite,
+        dry_run=dry_run, jobs=jobs, progress=not quiet and not dry_run, on_result=on_result,
+    )
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        data = result.to_dict(preset=spec.name, preset_path=str(spec.path), output=str(out_dir),
+                              device=str(dev), overrides=overrides)
+        report.write_text(json.dumps(data, indent=2))
+    ok, exists, failed = result.count("ok"), result.count("exists"), result.failed
+    parts = [f"{ok} processed", f"{exists} already done" if exists else "",
+             f"{result.count('not-audio')} not audio (skipped)" if result.count("not-audio") else "",
+             f"{failed} failed" if failed else "", f"{result.count('planned')} planned" if dry_run else ""]
+    click.echo(", ".join(p for p in parts if p) + f" in {result.seconds:.1f}s -> {out_dir}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+# ---- effects --------------------------------------------------------------------------
+
+
+@cli.group()
+def effects():
+    """List and describe the registered effects."""
+
+
+@effects.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def effects_list(as_json):
+    """All registered effects."""
+    from cakfx.registry import effects as registry
+
+    table = registry()
+    if as_json:
+        _echo_json([spec.to_dict() for spec in table.values()])
+        return
+    width = max(len(n) for n in table)
+    for name, spec in table.items():
+        click.echo(f"{name:<{width}}  {spec.summary}")
+
+
+@effects.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def effects_show(name, as_json):
+    """One effect: what it does and its parameters."""
+    from cakfx.registry import get_effect
+
+    spec = get_effect(name)
+    if as_json:
+        _echo_json(spec.to_dict())
+        return
+    click.echo(f"{spec.name}  (plugin {spec.plugin})")
+    if spec.description:
+        click.echo()
+        click.echo(spec.description)
+    click.echo()
+    click.echo("Parameters:")
+    for p in spec.params:
+        extra = p.range_text() or (f" (one of {', '.join(map(str, p.choices))})" if p.choices else "")
+        default = "required" if p.required else f"default {p.default!r}"
+        click.echo(f"  {p.name} [{p.type}] {default}{extra}")
+        if p.help:
+            click.echo(f"      {p.help}")
+
+
+# ---- presets --------------------------------------------------------------------------
+
+
+@cli.group()
+def presets():
+    """List, show, validate and share presets."""
+
+
+@presets.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def presets_list(as_json):
+    """Bundled and user presets (user presets shadow bundled ones)."""
+    from cakfx.presets import list_presets, read_preset
+
+    rows = []
+    for name, (path, source) in list_presets().items():
+        try:
+            description = read_preset(path).description
+        except CakfxError as exc:
+            description = f"(invalid: {exc})"
+        rows.append({"name": name, "source": source, "path": str(path), "description": description})
+    if as_json:
+        _echo_json(rows)
+        return
+    width = max((len(r["name"]) for r in rows), default=4)
+    for r in rows:
+        click.echo(f"{r['name']:<{width}}  {r['source']:<7}  {r['description']}")
+
+
+@presets.command("show")
+@click.argument("name")
+def presets_show(name):
+    """A preset's chain and its file."""
+    from cakfx.presets import read_preset
+
+    p = read_preset(name)
+    click.echo(f"{p.name}  ({p.source}: {p.path})")
+    if p.description:
+        click.echo(p.description)
+    if p.author:
+        click.echo(f"author: {p.author}")
+    for e in p.entries:
+        params = ", ".join(f"{k}={v!r}" for k, v in e.params.items())
+        ident = e.id or str(e.index)
+        pin = f"  sha256={e.sha256[:12]}…" if e.sha256 else ""
+        click.echo(f"  {e.index}. [{ident}] {e.effect}  {params}{pin}")
+
+
+@presets.command("validate")
+@click.argument("files", nargs=-1, required=True)
+def presets_validate(files):
+    """Check preset files: effects, parameters, weights and checksums."""
+    from cakfx.presets import validate_preset
+
+    bad = 0
+    for f in files:
+        try:
+            p = validate_preset(f)
+            click.echo(f"ok: {p.path} ({len(p.entries)} effects)")
+        except CakfxError as exc:
+            bad += 1
+            click.echo(f"invalid: {exc}", err=True)
+    if bad:
+        sys.exit(1)
+
+
+@presets.command("export")
+@click.argument("name")
+@click.option("-o", "--out", "out_file", required=True, type=click.Path(path_type=Path), help="FILE.zip")
+def presets_export(name, out_file):
+    """Pack a preset and every weights file it uses (pinned by sha256) into a zip."""
+    from cakfx.sharing import export_preset
+
+    info = export_preset(name, out_file)
+    click.echo(f"wrote {out_file} ({info['preset']}, {len(info['weights'])} weights file(s))")
+
+
+@presets.command("install")
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace existing weights/presets of the same name.")
+def presets_install(archive, force):
+    """Install a shared preset zip into the user folders."""
+    from cakfx.sharing import install_preset
+
+    info = install_preset(archive, force=force)
+    click.echo(f"installed preset {info['preset']!r} -> {info['path']}")
+    for w in info["weights"]:
+        click.echo(f"  weights {w}")
+
+
+# ---- weights --------------------------------------------------------------------------
+
+
+@cli.group()
+def weights():
+    """List and import model weights."""
+
+
+@weights.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def weights_list(as_json):
+    """Installed weights (user folder first, then bundled)."""
+    from cakfx.weights import bundled_dir, list_weights, load_weights
+
+    rows = []
+    for name, path in list_weights().items():
+        try:
+            wf = load_weights(path)
+            kind, trainer = wf.kind, wf.training.get("trainer", wf.training.get("source", ""))
+        except CakfxError as exc:
+            kind, trainer = "invalid", str(exc)
+        source = "bundled" if path.parent == bundled_dir() else "user"
+        rows.append({"name": name, "kind": kind, "source": source, "path": str(path), "origin": trainer})
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no weights installed (see 'cakfx weights import' and 'cakfx train')")
+    width = max((len(r["name"]) for r in rows), default=4)
+    for r in rows:
+        click.echo(f"{r['name']:<{width}}  {r['kind']:<12} {r['source']:<8} {r['origin']}")
+
+
+@weights.command("import")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--kind", required=True, type=click.Choice(["texture", "grain"]), help="Which model it is.")
+@click.option("--name", "-n", required=True, help="Name to store the weights under.")
+@click.option("--stats", type=click.Path(path_type=Path), help="Normalisation stats JSON (texture).")
+@click.option("--force", is_flag=True, help="Replace existing weights of the same name.")
+def weights_import(checkpoint, kind, name, stats, force):
+    """Convert an original research checkpoint (.pt) to safetensors, without unpickling code."""
+    from cakfx.paths import user_weights_dir
+    from cakfx.registry import get_effect
+    from cakfx.weights import save_weights
+
+    spec = get_effect(f"cak.{kind}")
+    if spec.import_checkpoint is None:
+        raise CakfxError(f"{spec.name} cannot import checkpoints")
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise CakfxError(f"bad weights name {name!r}: use letters, digits, '-', '_' and '.'")
+    target = user_weights_dir() / f"{name}.safetensors"
+    if target.exists() and not force:
+        raise CakfxError(f"weights {name!r} already exist at {target} (use --force to replace)")
+    tensors, stats_data, training = spec.import_checkpoint(checkpoint, stats)
+    save_weights(target, tensors, kind=spec.name, stats=stats_data, training=training, name=name)
+    click.echo(f"imported {checkpoint} -> {target}")
+
+
+# ---- train ----------------------------------------------------------------------------
+
+
+@cli.group()
+def train():
+    """Train a model on your own folder of samples."""
+
+
+def _register_plugin_commands() -> None:
+    from cakfx.plugin_manager import load_plugins, pm
+
+    load_plugins()
+    for impl in pm.hook.register_trainers.get_hookimpls():
+        impl.function(register=lambda name, command: train.add_command(command, name))
+    pm.hook.register_commands(cli=cli)
+
+
+def _add_measure() -> None:
+    try:
+        from cakfx.measure import measure
+    except ImportError:  # the measure module lands with the grain effect
+        return
+    cli.add_command(measure)
+
+
+_add_measure()
+_register_plugin_commands()

@@ -1,0 +1,273 @@
+"""TOML presets: reading, validation, resolution, building chains, sharing.
+
+Resolution order for a preset reference: a path to a file, then
+``$CAKFX_HOME/presets/NAME.toml``, then the bundled ``cakfx.bundled_presets`` (the repo's ``presets/``).
+Every validation error names the file, the chain entry (index and id) and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cakfx.chain import Chain
+from cakfx.errors import CakfxError
+from cakfx.paths import user_presets_dir
+from cakfx.registry import closest, create_effect, effects, get_effect
+from cakfx.weights import resolve_weights, sha256_file
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENTRY_KEYS = ("id", "effect", "sha256")  # chain-entry keys that are not effect parameters
+PRESET_KEYS = ("name", "description", "author", "version", "tags")
+
+
+@dataclass
+class Entry:
+    """One ``[[chain]]`` table."""
+
+    index: int  # 1-based, as people count
+    effect: str
+    params: dict[str, Any]
+    id: str | None = None
+    sha256: str | None = None
+
+    def label(self) -> str:
+        return f"chain entry {self.index}" + (f" (id {self.id!r})" if self.id else f" ({self.effect})")
+
+
+@dataclass
+class Preset:
+    name: str
+    path: Path
+    entries: list[Entry]
+    description: str = ""
+    author: str = ""
+    source: str = "path"  # path | user | bundled
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def bundled_dir() -> Path:
+    return Path(str(resources.files("cakfx.bundled_presets")))
+
+
+def list_presets() -> dict[str, tuple[Path, str]]:
+    """Preset names -> (path, source); user presets shadow bundled ones."""
+    found: dict[str, tuple[Path, str]] = {}
+    for folder, source in ((bundled_dir(), "bundled"), (user_presets_dir(), "user")):
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.toml")):
+                found[path.stem] = (path, source)
+    return dict(sorted(found.items()))
+
+
+def find_preset(ref: str | os.PathLike) -> tuple[Path, str]:
+    """Locate a preset by path or name."""
+    text = str(ref)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path, "path"
+    if text.endswith(".toml") or os.sep in text or "/" in text:
+        raise CakfxError(f"preset file not found: {path}")
+    known = list_presets()
+    if text in known:
+        return known[text]
+    hint = closest(text, known)
+    raise CakfxError(f"unknown preset {text!r}{hint}; see 'cakfx presets list'")
+
+
+def read_preset(ref: str | os.PathLike) -> Preset:
+    """Parse a preset file and check its structure (not yet its parameters)."""
+    path, source = find_preset(ref)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise CakfxError(f"{path}: invalid TOML ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CakfxError(f"{path}: cannot read preset ({exc})") from None
+    return parse_preset(data, path, source)
+
+
+def parse_preset(data: dict, path: Path, source: str = "path") -> Preset:
+    head = data.get("preset", {})
+    if not isinstance(head, dict):
+        raise CakfxError(f"{path}: [preset] must be a table")
+    for key in data:
+        if key not in ("preset", "chain"):
+            raise CakfxError(f"{path}: unknown top-level key {key!r} (expected [preset] and [[chain]])")
+    chain = data.get("chain")
+    if not isinstance(chain, list) or not chain:
+        raise CakfxError(f"{path}: no [[chain]] entries")
+    entries = []
+    seen_ids: set[str] = set()
+    for i, table in enumerate(chain, start=1):
+        if not isinstance(table, dict):
+            raise CakfxError(f"{path}: chain entry {i} must be a table")
+        params = dict(table)
+        effect = params.pop("effect", None)
+        entry_id = params.pop("id", None)
+        sha = params.pop("sha256", None)
+        where = f"{path}: chain entry {i}" + (f" (id {entry_id!r})" if entry_id else "")
+        if not isinstance(effect, str) or not effect:
+            raise CakfxError(f"{where}: missing 'effect' (e.g. effect = \"cak.texture\")")
+        if entry_id is not None:
+            if not isinstance(entry_id, str) or not entry_id or "." in entry_id:
+                raise CakfxError(f"{where}: id must be a non-empty string without dots")
+            if entry_id in seen_ids:
+                raise CakfxError(f"{where}: duplicate id {entry_id!r}")
+            seen_ids.add(entry_id)
+        if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
+            raise CakfxError(f"{where}: sha256 must be a 64-character hex string")
+        entries.append(Entry(i, effect, params, entry_id, sha))
+    name = head.get("name") or path.stem
+    return Preset(
+        str(name), path, entries, str(head.get("description", "")), str(head.get("author", "")), source, head
+    )
+
+
+# ---- overrides (--set) ---------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML syntax (``0.8``, ``true``, ``"x"``), else the raw string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_set(items) -> dict[str, Any]:
+    """``["texture.amount=0.8", ...]`` -> ``{"texture.amount": 0.8}``."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key or not key.split(".", 1)[1]:
+            raise CakfxError(f"--set {item!r}: expected ID.PARAM=VALUE, e.g. texture.amount=0.8")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def _find_entry(preset: Preset, ref: str, key: str) -> Entry:
+    for entry in preset.entries:
+        if entry.id == ref:
+            return entry
+    if ref.isdigit() and 1 <= int(ref) <= len(preset.entries):
+        return preset.entries[int(ref) - 1]
+    matches = [e for e in preset.entries if ref.lower() in (e.effect.lower(), e.effect.split(".")[-1].lower())]
+    if len(matches) == 1:
+        return matches[0]
+    ids = [e.id or str(e.index) for e in preset.entries]
+    raise CakfxError(
+        f"--set {key}: preset {preset.name!r} has no chain entry {ref!r}{closest(ref, ids)} "
+        f"(ids: {', '.join(ids)})"
+    )
+
+
+def apply_overrides(preset: Preset, overrides: dict[str, Any] | None) -> Preset:
+    for key, value in (overrides or {}).items():
+        ref, _, param = key.partition(".")
+        entry = _find_entry(preset, ref, key)
+        spec = get_effect(entry.effect)
+        if param not in spec.param_map:
+            raise CakfxError(
+                f"--set {key}: {entry.effect} has no parameter {param!r}{closest(param, spec.param_map)}"
+            )
+        entry.params[param] = value
+    return preset
+
+
+# ---- validation and building ----------------------------------------------------------
+
+_sha_cache: dict[tuple, str] = {}
+
+
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _sha_cache:
+        _sha_cache[key] = sha256_file(path)
+    return _sha_cache[key]
+
+
+def resolved_entries(preset: Preset, weights_dirs: tuple[Path, ...] = ()) -> list[tuple[Entry, dict]]:
+    """Check every entry; return (entry, parameters ready for the factory).
+
+    Weights and path parameters are resolved relative to the preset file;
+    ``sha256`` pins are checked against the weights file.
+    """
+    from cakfx.registry import check_params
+
+    out = []
+    for entry in preset.entries:
+        where = f"{preset.path}: {entry.label()}"
+        if entry.effect not in effects():
+            raise CakfxError(f"{where}: unknown effect {entry.effect!r}{closest(entry.effect, effects())}")
+        spec = get_effect(entry.effect)
+        params = check_params(spec, entry.params, where)
+        weights_path = None
+        for name, value in list(params.items()):
+            ptype = spec.param_map[name].type
+            if ptype == "weights":
+                weights_path = _resolve_weights(value, preset.folder, weights_dirs, where)
+                params[name] = str(weights_path)
+            elif ptype == "path" and value and not Path(value).expanduser().is_absolute():
+                params[name] = str(preset.folder / value)
+        if entry.sha256:
+            if weights_path is None:
+                raise CakfxError(f"{where}: sha256 given but the entry has no weights")
+            actual = _sha256(weights_path)
+            if actual != entry.sha256.lower():
+                raise CakfxError(
+                    f"{where}: weights checksum mismatch for {weights_path.name} "
+                    f"(preset pins {entry.sha256[:12]}…, file is {actual[:12]}…)"
+                )
+        out.append((entry, params))
+    return out
+
+
+def _resolve_weights(ref: str, folder: Path, extra_dirs: tuple[Path, ...], where: str) -> Path:
+    for d in extra_dirs:
+        candidate = d / f"{ref}.safetensors"
+        if candidate.is_file():
+            return candidate
+    try:
+        return resolve_weights(ref, relative_to=folder)
+    except CakfxError as exc:
+        raise CakfxError(f"{where}: weights: {exc}") from None
+
+
+def validate_preset(ref: str | os.PathLike, overrides: dict | None = None) -> Preset:
+    """Read and fully check a preset without loading any model."""
+    preset = apply_overrides(read_preset(ref), overrides)
+    resolved_entries(preset)
+    return preset
+
+
+def build_chain(preset: Preset, device: Any = None) -> Chain:
+    items, ids = [], []
+    for entry, params in resolved_entries(preset):
+        where = f"{preset.path}: {entry.label()}"
+        spec = get_effect(entry.effect)
+        node = create_effect(spec.name, device=device, where=where, **params)
+        items.append(node)
+        ids.append(entry.id)
+    return Chain(items, ids)
+
+
+def load_preset(name_or_path, device=None, overrides=None) -> Chain:
+    """The ``Chain`` a preset describes, with ``--set``-style overrides applied."""
+    if isinstance(overrides, (list, tuple)):
+        overrides = parse_set(overrides)
+    preset = apply_overrides(read_preset(name_or_path), overrides)
+    return build_chain(preset, device=device)

@@ -104,6 +104,7 @@ def write_audio(
     os.close(fd)
     try:
         sf.write(tmp, data, int(sample_rate), subtype=subtype, format=format)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs should look like any new file
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
@@ -111,6 +112,12 @@ def write_audio(
         if isinstance(exc, (sf.LibsndfileError, RuntimeError, ValueError, TypeError)):
             raise CakfxError(f"{path}: cannot write {format}/{subtype} ({_reason(exc)})") from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _reason(exc: BaseException) -> str:

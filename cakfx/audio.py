@@ -15,8 +15,19 @@ from cakfx.errors import CakfxError
 
 #: extensions we try to decode; anything else in a folder is "not audio"
 AUDIO_EXTENSIONS = {
-    ".wav", ".wave", ".flac", ".aif", ".aiff", ".aifc", ".ogg", ".oga", ".mp3", ".au", ".caf",
-    ".w64", ".rf64",
+    ".wav",
+    ".wave",
+    ".flac",
+    ".aif",
+    ".aiff",
+    ".aifc",
+    ".ogg",
+    ".oga",
+    ".mp3",
+    ".au",
+    ".caf",
+    ".w64",
+    ".rf64",
 }
 #: --format choices -> (extension, soundfile format, default subtype)
 FORMATS = {

@@ -50,8 +50,12 @@ class BatchReport:
 
     def to_dict(self, **extra: Any) -> dict:
         counts = {s: self.count(s) for s in ("ok", "exists", "failed", "not-audio", "planned")}
-        return {**extra, "seconds": round(self.seconds, 3), "counts": counts,
-                "files": [asdict(f) for f in self.files]}
+        return {
+            **extra,
+            "seconds": round(self.seconds, 3),
+            "counts": counts,
+            "files": [asdict(f) for f in self.files],
+        }
 
 
 def output_format(info: AudioInfo, out_format: str) -> tuple[str, str, str | None]:
@@ -79,8 +83,16 @@ def process_file(in_path, out_path, chain, out_format: str = "same") -> FileResu
         raise CakfxError(f"{in_path}: processing failed ({type(exc).__name__}: {exc})") from exc
     write_audio(out_path, out, info.sample_rate, format=fmt, subtype=subtype)
     return FileResult(
-        str(in_path), str(out_path), "ok", "", round(info.duration, 6), round(time.perf_counter() - start, 4),
-        info.sample_rate, info.channels, fmt, subtype,
+        str(in_path),
+        str(out_path),
+        "ok",
+        "",
+        round(info.duration, 6),
+        round(time.perf_counter() - start, 4),
+        info.sample_rate,
+        info.channels,
+        fmt,
+        subtype,
     )
 
 
@@ -158,17 +170,23 @@ def run_batch(
     report = BatchReport()
     todo: list[tuple[Path, Path]] = []
     input_set = {p for p, _ in pairs}
+    claimed: dict[Path, Path] = {}
     for src, dst in pairs:
         if dst is None:
             report.files.append(FileResult(str(src), None, "not-audio", "not an audio file extension"))
         elif dst in input_set:
             report.files.append(FileResult(str(src), str(dst), "failed", "output would overwrite an input"))
+        elif dst in claimed:  # e.g. pad.wav and pad.aiff both converted with --format flac
+            reason = f"output name collides with the output of {claimed[dst]}"
+            report.files.append(FileResult(str(src), str(dst), "failed", reason))
         elif dst.exists() and not overwrite:
             report.files.append(FileResult(str(src), str(dst), "exists", "output exists (use --overwrite)"))
         elif dry_run:
             report.files.append(FileResult(str(src), str(dst), "planned"))
         else:
             todo.append((src, dst))
+        if dst is not None:
+            claimed.setdefault(dst, src)
     for result in report.files:
         if on_result:
             on_result(result)

@@ -42,13 +42,19 @@ def _echo_json(data) -> None:
 @click.option("--set", "sets", multiple=True, metavar="ID.PARAM=VALUE", help="Override a preset parameter.")
 @click.option("--device", default=None, help="auto, cpu, cuda[:N] or mps (default: $CAKFX_DEVICE or auto).")
 @click.option(
-    "--format", "out_format", default="same", show_default=True,
-    type=click.Choice(["same", "wav", "flac", "ogg", "aiff"]), help="Output container.",
+    "--format",
+    "out_format",
+    default="same",
+    show_default=True,
+    type=click.Choice(["same", "wav", "flac", "ogg", "aiff"]),
+    help="Output container.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them).")
 @click.option("--dry-run", is_flag=True, help="Show what would be written, write nothing.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write per-file results as JSON.")
-@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64), help="Files in parallel.")
+@click.option(
+    "--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64), help="Files in parallel."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_run, report, jobs, quiet):
     """Process audio files and folders (recursively) through a preset's chain.
@@ -78,18 +84,34 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
             click.echo(f"would write {result.output}")
 
     result = run_batch(
-        inputs, out_dir, chain_factory, out_format=out_format, overwrite=overwrite,
-        dry_run=dry_run, jobs=jobs, progress=not quiet and not dry_run, on_result=on_result,
+        inputs,
+        out_dir,
+        chain_factory,
+        out_format=out_format,
+        overwrite=overwrite,
+        dry_run=dry_run,
+        jobs=jobs,
+        progress=not quiet and not dry_run,
+        on_result=on_result,
     )
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
-        data = result.to_dict(preset=spec.name, preset_path=str(spec.path), output=str(out_dir),
-                              device=str(dev), overrides=overrides)
+        data = result.to_dict(
+            preset=spec.name,
+            preset_path=str(spec.path),
+            output=str(out_dir),
+            device=str(dev),
+            overrides=overrides,
+        )
         report.write_text(json.dumps(data, indent=2))
     ok, exists, failed = result.count("ok"), result.count("exists"), result.failed
-    parts = [f"{ok} processed", f"{exists} already done" if exists else "",
-             f"{result.count('not-audio')} not audio (skipped)" if result.count("not-audio") else "",
-             f"{failed} failed" if failed else "", f"{result.count('planned')} planned" if dry_run else ""]
+    parts = [
+        f"{ok} processed",
+        f"{exists} already done" if exists else "",
+        f"{result.count('not-audio')} not audio (skipped)" if result.count("not-audio") else "",
+        f"{failed} failed" if failed else "",
+        f"{result.count('planned')} planned" if dry_run else "",
+    ]
     click.echo(", ".join(p for p in parts if p) + f" in {result.seconds:.1f}s -> {out_dir}", err=True)
     if failed:
         sys.exit(1)

@@ -23,7 +23,9 @@ def drum_loop(seconds: float = 4.0, bpm: float = 110.0, seed: int = 1) -> np.nda
     step = int(60 / bpm / 4 * SR)  # sixteenth notes
     t = np.arange(step * 4) / SR
     kick = np.sin(2 * np.pi * (50 + 90 * np.exp(-t * 30)) * t) * np.exp(-t * 9)
-    snare = rng.standard_normal(t.size) * np.exp(-t * 22) * 0.6 + np.sin(2 * np.pi * 190 * t) * np.exp(-t * 30)
+    snare = rng.standard_normal(t.size) * np.exp(-t * 22) * 0.6 + np.sin(2 * np.pi * 190 * t) * np.exp(
+        -t * 30
+    )
     hat = np.diff(rng.standard_normal(t.size + 1)) * np.exp(-t * 90) * 0.25
     for i, start in enumerate(range(0, n, step)):
         for pattern, hit in ((kick, i % 8 in (0, 3, 6)), (snare, i % 8 == 4), (hat, True)):
@@ -38,7 +40,9 @@ def chord_pad(seconds: float = 4.0) -> np.ndarray:
     env = np.minimum(1, t / 0.5) * np.minimum(1, (seconds - t) / 0.5)
     channels = []
     for detune in (0.998, 1.002):
-        tone = sum(np.sin(2 * np.pi * f * detune * t + k) / (k + 1) for k, f in enumerate((220, 277.2, 329.6, 440)))
+        tone = sum(
+            np.sin(2 * np.pi * f * detune * t + k) / (k + 1) for k, f in enumerate((220, 277.2, 329.6, 440))
+        )
         channels.append(0.25 * env * tone)
     return np.stack(channels).astype(np.float32)
 

@@ -164,7 +164,9 @@ def _find_entry(preset: Preset, ref: str, key: str) -> Entry:
             return entry
     if ref.isdigit() and 1 <= int(ref) <= len(preset.entries):
         return preset.entries[int(ref) - 1]
-    matches = [e for e in preset.entries if ref.lower() in (e.effect.lower(), e.effect.split(".")[-1].lower())]
+    matches = [
+        e for e in preset.entries if ref.lower() in (e.effect.lower(), e.effect.split(".")[-1].lower())
+    ]
     if len(matches) == 1:
         return matches[0]
     ids = [e.id or str(e.index) for e in preset.entries]

@@ -68,6 +68,12 @@ def effects() -> dict[str, EffectSpec]:
     return _effects
 
 
+def refresh() -> None:
+    """Forget the registry so the next ``effects()`` asks the plugins again."""
+    global _effects
+    _effects = None
+
+
 def closest(name: str, options) -> str:
     """`` (did you mean 'x'?)`` or an empty string."""
     match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)

@@ -64,7 +64,9 @@ def _check_members(zf: zipfile.ZipFile, archive: Path) -> tuple[str, list[str]]:
         member = PurePosixPath(info.filename)
         bad = member.is_absolute() or ".." in member.parts or "\\" in info.filename or ":" in info.filename
         if bad:
-            raise CakfxError(f"{archive}: refusing archive member {info.filename!r} (outside the user folders)")
+            raise CakfxError(
+                f"{archive}: refusing archive member {info.filename!r} (outside the user folders)"
+            )
         if len(member.parts) == 1 and member.suffix == ".toml":
             if preset_name:
                 raise CakfxError(f"{archive}: more than one preset in the archive")

@@ -20,12 +20,21 @@ from cakfx.params import Param
 
 # Plugin classes that are containers, abstract, or hosts for external plugins.
 EXCLUDED = {
-    "Plugin", "Pedalboard", "Chain", "Mix", "PluginContainer", "ExternalPlugin",
-    "VST3Plugin", "AudioUnitPlugin", "IIRFilter",
+    "Plugin",
+    "Pedalboard",
+    "Chain",
+    "Mix",
+    "PluginContainer",
+    "ExternalPlugin",
+    "VST3Plugin",
+    "AudioUnitPlugin",
+    "IIRFilter",
 }
 # Documented ranges (pedalboard/JUCE); anything else is left to the class's setter.
 RANGES = {
-    "Reverb": {p: (0.0, 1.0) for p in ("room_size", "damping", "wet_level", "dry_level", "width", "freeze_mode")},
+    "Reverb": {
+        p: (0.0, 1.0) for p in ("room_size", "damping", "wet_level", "dry_level", "width", "freeze_mode")
+    },
     "Chorus": {"mix": (0.0, 1.0), "depth": (0.0, 1.0), "feedback": (-1.0, 1.0), "rate_hz": (0.0, 100.0)},
     "Delay": {"mix": (0.0, 1.0), "feedback": (0.0, 1.0), "delay_seconds": (0.0, None)},
     "Phaser": {"mix": (0.0, 1.0), "depth": (0.0, 1.0), "feedback": (-1.0, 1.0)},
@@ -43,7 +52,9 @@ RANGES = {
 }
 # Classes whose constructor needs arguments that have no sensible default.
 REQUIRED = {
-    "Convolution": [Param("impulse_response_filename", "path", help="impulse response audio file", required=True)],
+    "Convolution": [
+        Param("impulse_response_filename", "path", help="impulse response audio file", required=True)
+    ],
 }
 
 
@@ -61,7 +72,9 @@ def _properties(cls: type) -> list[str]:
     names = []
     for klass in cls.__mro__:
         names += [k for k, v in vars(klass).items() if isinstance(v, property) and not k.startswith("_")]
-    return [n for n in dict.fromkeys(names) if n not in ("is_effect", "is_instrument", "reported_latency_samples")]
+    return [
+        n for n in dict.fromkeys(names) if n not in ("is_effect", "is_instrument", "reported_latency_samples")
+    ]
 
 
 def class_params(name: str, cls: type) -> list[Param]:

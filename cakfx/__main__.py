@@ -1,0 +1,3 @@
+from cakfx.cli import cli
+
+cli(prog_name="cakfx")

@@ -1,0 +1,203 @@
+"""Batch processing over a folder of mixed real files, through the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from cakfx.cli import cli
+from tests.signals import tone
+
+GAIN_PRESET = (
+    '[preset]\nname = "half"\n[[chain]]\nid = "gain"\neffect = "pedalboard.Gain"\ngain_db = -6.0206\n'
+)
+
+# (relative path, sample rate, channels, format, subtype)
+FILES = [
+    ("drums/kick.wav", 44100, 1, "WAV", "PCM_16"),
+    ("drums/snare_float.wav", 48000, 2, "WAV", "FLOAT"),
+    ("drums/hat_u8.wav", 22050, 1, "WAV", "PCM_U8"),
+    ("drums/deep/pcm24.wav", 96000, 2, "WAV", "PCM_24"),
+    ("drums/deep/pcm32.wav", 44100, 2, "WAV", "PCM_32"),
+    ("pads/pad.flac", 44100, 2, "FLAC", "PCM_24"),
+    ("pads/pad.aiff", 32000, 1, "AIFF", "PCM_16"),
+    ("pads/pad.ogg", 44100, 2, "OGG", "VORBIS"),
+    ("pads/pad.mp3", 44100, 2, "MP3", "MPEG_LAYER_III"),
+]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def library(tmp_path):
+    root = tmp_path / "library"
+    for i, (rel, sr, ch, fmt, sub) in enumerate(FILES):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, tone(0.5, sr=sr, channels=ch, seed=i).T, sr, format=fmt, subtype=sub)
+    (root / "broken").mkdir()
+    (root / "broken" / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" * 10)
+    (root / "broken" / "empty.wav").write_bytes(b"")
+    (root / "notes.txt").write_text("not audio")
+    preset = tmp_path / "half.toml"
+    preset.write_text(GAIN_PRESET)
+    return root, preset
+
+
+def snapshot(root: Path) -> dict:
+    return {p: digest(p) for p in root.rglob("*") if p.is_file()}
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_batch_mirrors_tree_keeps_formats_and_reports_failures(library, tmp_path):
+    root, preset = library
+    before = snapshot(root)
+    out = tmp_path / "out"
+    report = tmp_path / "report.json"
+    result = run("process", root, "-p", preset, "-o", out, "--report", report, "-q")
+    assert result.exit_code == 1  # two bad files
+    assert "failed: " in result.output and "corrupt.wav" in result.output and "empty.wav" in result.output
+    assert "Traceback" not in result.output
+    assert snapshot(root) == before  # inputs byte-identical
+
+    for rel, sr, ch, fmt, sub in FILES:
+        src, dst = root / rel, out / rel
+        info = sf.info(dst)
+        assert (info.samplerate, info.channels, info.format, info.subtype) == (sr, ch, fmt, sub), rel
+        x, _ = sf.read(src, always_2d=True)
+        y, _ = sf.read(dst, always_2d=True)
+        if fmt in ("OGG", "MP3"):  # lossy codecs: length within a frame, level halved
+            assert abs(len(y) - len(x)) <= 1152
+            assert np.sqrt(np.mean(y**2)) == pytest.approx(np.sqrt(np.mean(x**2)) / 2, rel=0.1)
+        else:
+            assert len(y) == len(x)
+            tol = 2 / 2 ** {"PCM_U8": 8, "PCM_16": 16, "PCM_24": 24}.get(sub, 24)
+            np.testing.assert_allclose(y, x / 2, atol=tol)
+    assert not (out / "notes.txt").exists() and not (out / "broken" / "corrupt.wav").exists()
+    assert not list(out.rglob("*.cakfx-tmp"))  # no temporary files left behind
+
+    data = json.loads(report.read_text())
+    by_name = {Path(f["input"]).name: f for f in data["files"]}
+    assert data["counts"] == {"ok": 9, "exists": 0, "failed": 2, "not-audio": 1, "planned": 0}
+    assert by_name["empty.wav"]["status"] == "failed" and "empty file" in by_name["empty.wav"]["reason"]
+    assert by_name["corrupt.wav"]["status"] == "failed" and by_name["corrupt.wav"]["reason"]
+    assert by_name["notes.txt"]["status"] == "not-audio"
+    assert by_name["kick.wav"]["duration"] == pytest.approx(0.5) and by_name["kick.wav"]["seconds"] >= 0
+    assert data["preset"] == "half"
+
+
+def test_rerun_resumes_and_overwrite_replaces(library, tmp_path):
+    root, preset = library
+    out = tmp_path / "out"
+    run("process", root / "drums", "-p", preset, "-o", out, "-q")
+    done = sorted(out.rglob("*.wav"))
+    assert len(done) == 5
+    (out / "kick.wav").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in done if p.exists()}
+    result = run("process", root / "drums", "-p", preset, "-o", out, "-q", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0
+    counts = json.loads((tmp_path / "r.json").read_text())["counts"]
+    assert counts["ok"] == 1 and counts["exists"] == 4
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    result = run("process", root / "drums", "-p", preset, "-o", out, "-q", "--overwrite")
+    assert "5 processed" in result.output
+
+
+def test_format_conversion_dry_run_and_jobs(library, tmp_path):
+    root, preset = library
+    out = tmp_path / "out"
+    result = run("process", root / "pads", "-p", preset, "-o", out, "--dry-run")
+    assert result.exit_code == 0 and "would write" in result.output and not out.exists()
+    result = run(
+        "process",
+        root / "pads",
+        "-p",
+        preset,
+        "-o",
+        out,
+        "--format",
+        "flac",
+        "-q",
+        "--jobs",
+        "2",
+        "--report",
+        tmp_path / "r.json",
+    )
+    # pad.{aiff,flac,mp3,ogg} all map to pad.flac: the first is written, the others are reported
+    assert result.exit_code == 1
+    files = json.loads((tmp_path / "r.json").read_text())["files"]
+    assert [f["status"] for f in files].count("ok") == 1
+    assert sum("collides" in f["reason"] for f in files) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["pad.flac"]
+    assert sf.info(out / "pad.flac").format == "FLAC"
+
+
+def test_float_results_clip_instead_of_wrapping(tmp_path):
+    x = np.stack([np.linspace(-0.9, 0.9, 4410)]).astype(np.float32)
+    src = tmp_path / "in" / "ramp.wav"
+    src.parent.mkdir()
+    sf.write(src, x.T, 44100, subtype="PCM_16")
+    preset = tmp_path / "loud.toml"
+    preset.write_text('[[chain]]\neffect = "pedalboard.Gain"\ngain_db = 20.0\n')
+    run("process", src, "-p", preset, "-o", tmp_path / "out", "-q")
+    y, _ = sf.read(tmp_path / "out" / "ramp.wav")
+    assert y.min() <= -0.999 and y.max() >= 0.999
+    assert np.all(np.sign(y[np.abs(x[0]) > 0.2]) == np.sign(x[0][np.abs(x[0]) > 0.2]))  # no wrap-around
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["-p", "no-such-preset"], "unknown preset 'no-such-preset'"),
+        (["--set", "gain.gain_bd=1"], "has no parameter 'gain_bd'"),
+        (["--set", "gain.gain_db=loud"], "gain_db: expected a number"),
+        (["--set", "gain=1"], "expected ID.PARAM=VALUE"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(library, tmp_path, extra, message):
+    root, preset = library
+    args = ["process", root / "drums", "-o", tmp_path / "out", "-q"]
+    if "-p" not in extra:
+        args += ["-p", preset]
+    result = run(*args, *extra)
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("Error: "), result.output
+
+
+def test_output_inside_input_and_unwritable_output(library, tmp_path):
+    root, preset = library
+    result = run("process", root, "-p", preset, "-o", root / "processed", "-q")
+    assert result.exit_code != 0 and "inside the input folder" in result.output
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("process", root / "drums", "-p", preset, "-o", blocker / "out", "-q")
+    assert result.exit_code != 0 and "cannot create output folder" in result.output
+    missing = run("process", tmp_path / "nope", "-p", preset, "-o", tmp_path / "o", "-q")
+    assert missing.exit_code != 0 and "input not found" in missing.output
+
+
+def test_process_file_api(tmp_path):
+    import cakfx
+
+    src = tmp_path / "a.flac"
+    sf.write(src, tone(0.2, channels=2).T, 44100, subtype="PCM_24")
+    chain = cakfx.load_preset("demo")
+    result = cakfx.process_file(src, tmp_path / "b.flac", chain)
+    assert result.status == "ok" and sf.info(tmp_path / "b.flac").subtype == "PCM_24"
+    with pytest.raises(cakfx.CakfxError, match="overwrite the input"):
+        cakfx.process_file(src, src, chain)
+    assert os.path.getsize(src) > 0

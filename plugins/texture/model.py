@@ -12,6 +12,8 @@ applied as nine shifted multiply-adds: a 1-channel ``conv2d`` is ~9x slower on C
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +52,19 @@ class TextureCAK(nn.Module):
 
     def gate(self, amount: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid((amount - self.threshold) * self.temperature)
+
+    def effective_kernel(self, amount: float) -> tuple[torch.Tensor, float]:
+        """The layer as one affine 3x3 filter for a fixed control: ``out = conv3x3(n, k) + b``.
+
+        ``k = w * c`` plus 1 at the centre (the residual ``n``), ``b = bias * c``, with
+        ``c = t * scale * gate(t)``; computed in float64.
+        """
+        t = float(amount)
+        gate = 1.0 / (1.0 + math.exp(-(t - self.threshold) * float(self.temperature)))
+        c = t * float(self.scale) * gate
+        kernel = self.detector_weight.detach().to("cpu", torch.float64).reshape(3, 3) * c
+        kernel[1, 1] += 1.0
+        return kernel, float(self.detector_bias) * c
 
     def forward(self, n: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
         """``n``: ``(B, 1, F, T)`` normalised magnitudes; ``amount``: ``(B,)``."""

@@ -1,0 +1,102 @@
+"""The ``cak.grain`` effect plugin: the CAK grain processor (DESIGN §7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cakfx.errors import CakfxError
+from cakfx.hookspecs import hookimpl
+from cakfx.params import Param
+
+NAME = "cak.grain"
+DEFAULT_WEIGHTS = "cak-grain-default"
+
+PARAMS = [
+    Param("grain", "float", 1.0, "grain control: negative adds texture/complexity, positive smooths, "
+          "0 is bypass", min=-3.0, max=3.0),
+    Param("weights", "weights", DEFAULT_WEIGHTS, "grain model weights (a name or a .safetensors path)"),
+    Param("reconstruction", "choice", "phase", "'phase': gain mask on the original STFT (fast, keeps "
+          "the phase); 'griffinlim': the original's Griffin-Lim (slow)", choices=("phase", "griffinlim")),
+    Param("rms_match", "bool", True, "match the output's RMS to the input's"),
+]
+
+SUMMARY = "Neural grain processor: smooths (grain > 0) or roughens (grain < 0) the spectral texture"
+DESCRIPTION = (
+    "The CAK grain processor (three conditioning-aware kernel layers on a 128-band mel spectrogram). "
+    "Negative grain adds texture and complexity, positive grain smooths; 0 is a true bypass. The "
+    "model's change to the mel spectrogram is applied as a refined per-band gain on the original STFT "
+    "with its phase kept (reconstruction='phase'); 'griffinlim' rebuilds the audio as the original "
+    "research code did. Every channel is processed; any sample rate (the model runs at 44.1 kHz)."
+)
+
+
+def load_model(weights_file, device: torch.device) -> torch.nn.Module:
+    """The ``GrainProcessor`` in ``weights_file``, in eval mode on ``device``."""
+    from cakfx.plugins.grain.model import GrainProcessor
+
+    model = GrainProcessor()
+    try:
+        model.load_state_dict(weights_file.tensors)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()
+        raise CakfxError(f"{weights_file.path}: not grain model weights ({reason[-1].strip()})") from None
+    return model.to(device).eval()
+
+
+def import_checkpoint(checkpoint_path: Path, stats_path: Path | None = None):
+    """Tensors, stats and training record from a research grain checkpoint (``processor``).
+
+    ``stats_path`` is ignored: the grain model normalises each window itself.
+    """
+    from cakfx.plugins.grain.model import GrainProcessor
+
+    from cakfx.checkpoints import load_research_checkpoint
+
+    data = load_research_checkpoint(checkpoint_path)
+    state = data.get("processor")
+    expected = GrainProcessor().state_dict()
+    if not isinstance(state, dict) or set(state) != set(expected):
+        found = ", ".join(sorted(str(k) for k in data)[:6])
+        raise CakfxError(
+            f"{checkpoint_path}: not a CAK grain checkpoint (no grain 'processor'; found: {found})"
+        )
+    for key, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[key].shape:
+            raise CakfxError(f"{checkpoint_path}: not a CAK grain checkpoint ({key} has the wrong shape)")
+    tensors = {k: v.detach().clone().contiguous() for k, v in state.items()}
+    training = {"source": "research checkpoint", "checkpoint": Path(checkpoint_path).name}
+    history = data.get("history")
+    if isinstance(history, dict):
+        lengths = {len(v) for v in history.values() if hasattr(v, "__len__")}
+        if lengths:
+            training["epochs"] = max(lengths)
+    return tensors, {}, training
+
+
+def make_grain(grain: float = 1.0, weights: str = DEFAULT_WEIGHTS, reconstruction: str = "phase",
+               rms_match: bool = True, device=None):
+    """Factory for ``cak.grain``: loads ``weights`` and builds a ``GrainNode``."""
+    from cakfx.plugins.grain.node import GrainNode
+
+    from cakfx.device import resolve_device
+    from cakfx.weights import load_weights, resolve_weights
+
+    device = resolve_device(device)
+    model = load_model(load_weights(resolve_weights(weights), expect_kind=NAME), device)
+    return GrainNode(model, grain=grain, reconstruction=reconstruction, rms_match=rms_match, device=device)
+
+
+@hookimpl
+def register_effects(register):
+    register(
+        NAME,
+        make_grain,
+        PARAMS,
+        summary=SUMMARY,
+        description=DESCRIPTION,
+        load_model=load_model,
+        import_checkpoint=import_checkpoint,
+        takes_device=True,
+    )

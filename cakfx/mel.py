@@ -1,0 +1,202 @@
+"""The grain model's mel front end: librosa's defaults, reproduced in torch.
+
+``librosa.feature.melspectrogram`` (power STFT, n_fft 2048, hop 512, periodic
+Hann, centred frames with zero padding) through ``librosa.filters.mel``
+(Slaney mel scale, Slaney area normalisation), then ``librosa.power_to_db``
+(ref = max, amin 1e-10, top_db 80). librosa is only a test reference here.
+
+Every function takes a torch tensor or a numpy array and returns a torch tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from cakfx.spectral import HOP, N_FFT, hann, stft
+
+N_MELS = 128
+AMIN = 1e-10
+TOP_DB = 80.0
+
+# Slaney's mel scale (the Auditory Toolbox): linear below 1 kHz, log above.
+_F_SP = 200.0 / 3  # Hz per mel in the linear part
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = math.log(6.4) / 27.0
+
+_filterbanks: dict = {}
+
+
+def _tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney mel of ``hz`` (``librosa.hz_to_mel(htk=False)``)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = hz / _F_SP
+    log_part = hz >= _MIN_LOG_HZ
+    return np.where(log_part, _MIN_LOG_MEL + np.log(np.maximum(hz, 1e-30) / _MIN_LOG_HZ) / _LOGSTEP, mel)
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of ``hz_to_mel``."""
+    mel = np.asarray(mel, dtype=np.float64)
+    log_part = mel >= _MIN_LOG_MEL
+    return np.where(log_part, _MIN_LOG_HZ * np.exp(_LOGSTEP * (mel - _MIN_LOG_MEL)), _F_SP * mel)
+
+
+def mel_filterbank(
+    sr: float,
+    n_fft: int = N_FFT,
+    n_mels: int = N_MELS,
+    fmin: float = 0.0,
+    fmax: float | None = None,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> torch.Tensor:
+    """Triangular Slaney mel filters ``(n_mels, n_fft//2 + 1)`` (``librosa.filters.mel``).
+
+    Band edges are equally spaced on the Slaney mel scale from ``fmin`` to
+    ``fmax`` (default ``sr/2``); each triangle is scaled by ``2 / (f_hi - f_lo)``
+    so every filter has the same area (Slaney normalisation).
+    """
+    key = (float(sr), n_fft, n_mels, float(fmin), fmax, dtype, str(device))
+    if key not in _filterbanks:
+        fmax_ = sr / 2.0 if fmax is None else float(fmax)
+        fft_freqs = np.linspace(0.0, sr / 2.0, 1 + n_fft // 2)
+        edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax_), n_mels + 2))
+        widths = np.diff(edges)
+        ramps = edges[:, None] - fft_freqs[None, :]
+        lower = -ramps[:-2] / widths[:-1, None]
+        upper = ramps[2:] / widths[1:, None]
+        weights = np.maximum(0.0, np.minimum(lower, upper))
+        weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+        _filterbanks[key] = torch.from_numpy(weights).to(device=device, dtype=dtype)
+    return _filterbanks[key]
+
+
+def power_spectrogram(x, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
+    """``|STFT|^2`` of ``x`` (``(..., samples)``): ``(..., n_fft//2+1, frames)``, centred, zero padded."""
+    spec = stft(_tensor(x), n_fft, hop, pad_mode="constant")
+    return spec.real.square() + spec.imag.square()
+
+
+def mel_power(x, sr: float, n_fft: int = N_FFT, hop: int = HOP, n_mels: int = N_MELS) -> torch.Tensor:
+    """Mel power spectrogram ``(..., n_mels, frames)`` (``librosa.feature.melspectrogram``)."""
+    power = power_spectrogram(x, n_fft, hop)
+    return mel_filterbank(sr, n_fft, n_mels, dtype=power.dtype, device=power.device) @ power
+
+
+def power_to_db(S, ref="max", amin: float = AMIN, top_db: float | None = TOP_DB, dim=None) -> torch.Tensor:
+    """``10 log10(max(S, amin) / ref)``, floored at ``max - top_db`` (``librosa.power_to_db``).
+
+    ``ref`` is a number or ``"max"``: the maximum of all of ``S``, or with
+    ``dim`` (e.g. ``(-2, -1)``) of each slice along those dims, which then also
+    get their own floor (one window each).
+    """
+    S = _tensor(S)
+    if ref == "max":
+        ref_value = S.max() if dim is None else S.amax(dim=dim, keepdim=True)
+    else:
+        ref_value = torch.as_tensor(ref, dtype=S.dtype, device=S.device)
+    db = 10.0 * torch.log10(S.clamp_min(amin))
+    db = db - 10.0 * torch.log10(ref_value.clamp_min(amin))
+    if top_db is not None:
+        peak = db.max() if dim is None else db.amax(dim=dim, keepdim=True)
+        db = torch.maximum(db, peak - top_db)
+    return db
+
+
+def db_to_power(db, ref: float = 1.0) -> torch.Tensor:
+    """Inverse of ``power_to_db`` (without the floor): ``ref * 10^(db/10)``."""
+    return ref * torch.pow(10.0, _tensor(db) / 10.0)
+
+
+def normalise_window(db) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Min-max normalise a window's dB values to [-1, 1].
+
+    Works on ``(..., n_mels, frames)``: each window (the last two dims) gets its
+    own min and max. Returns ``(normalised, low, high)`` with ``low``/``high``
+    shaped ``(..., 1, 1)``; ``denormalise_window`` undoes it. A constant window
+    (e.g. silence) maps to -1 and back to its value.
+    """
+    db = _tensor(db)
+    low = db.amin(dim=(-2, -1), keepdim=True)
+    high = db.amax(dim=(-2, -1), keepdim=True)
+    span = (high - low).clamp_min(1e-8)
+    return 2.0 * (db - low) / span - 1.0, low, high
+
+
+def denormalise_window(norm, low, high) -> torch.Tensor:
+    """Map [-1, 1] back to dB with a window's ``low``/``high`` from ``normalise_window``."""
+    span = (_tensor(high) - _tensor(low)).clamp_min(1e-8)
+    return (_tensor(norm) + 1.0) * 0.5 * span + low
+
+
+# --- block-wise STFT on one centred frame grid (bounded memory on long signals) ---------------------
+
+
+def frame_count(samples: int, hop: int = HOP) -> int:
+    """Frames of a centred STFT of ``samples`` samples: ``1 + samples // hop``."""
+    return 1 + samples // hop
+
+
+def pad_centred(x: torch.Tensor, n_fft: int = N_FFT) -> torch.Tensor:
+    """``x`` with ``n_fft // 2`` zeros either side: frame ``f`` is then ``[f*hop, f*hop + n_fft)``."""
+    return torch.nn.functional.pad(x, (n_fft // 2, n_fft // 2))
+
+
+def stft_block(padded: torch.Tensor, f0: int, f1: int, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
+    """Frames ``f0 .. f1-1`` of the centred STFT of the signal ``padded`` came from.
+
+    ``padded`` is ``pad_centred(x)``; the result equals ``stft(x)[..., f0:f1]``.
+    """
+    seg = padded[..., f0 * hop : (f1 - 1) * hop + n_fft]
+    shape = seg.shape[:-1]
+    spec = torch.stft(
+        seg.reshape(-1, seg.shape[-1]),
+        n_fft,
+        hop_length=hop,
+        window=hann(n_fft, seg.device, seg.dtype),
+        center=False,
+        return_complex=True,
+    )
+    return spec.reshape(*shape, *spec.shape[-2:])
+
+
+class OverlapAdd:
+    """Inverse of ``stft_block``, one block of frames at a time (``torch.istft`` maths).
+
+    ``add(spec, f0)`` overlap-adds the windowed inverse FFT of frames ``f0 ..``;
+    ``result()`` divides by the summed squared window and trims the centring pad.
+    """
+
+    def __init__(self, shape: tuple, samples: int, n_fft: int = N_FFT, hop: int = HOP, device=None,
+                 dtype=torch.float32) -> None:
+        self.samples, self.n_fft, self.hop = samples, n_fft, hop
+        total = (frame_count(samples, hop) - 1) * hop + n_fft
+        self.out = torch.zeros(*shape, total, device=device, dtype=dtype)
+        self.norm = torch.zeros(total, device=device, dtype=dtype)
+        self.window = hann(n_fft, device, dtype)
+
+    def add(self, spec: torch.Tensor, f0: int) -> None:
+        frames = spec.shape[-1]
+        length = (frames - 1) * self.hop + self.n_fft
+        chunks = torch.fft.irfft(spec, n=self.n_fft, dim=-2) * self.window[:, None]
+        flat = chunks.reshape(-1, self.n_fft, frames)
+        fold = torch.nn.functional.fold(flat, (1, length), (1, self.n_fft), stride=(1, self.hop))
+        start = f0 * self.hop
+        self.out[..., start : start + length] += fold.reshape(*spec.shape[:-2], length)
+        ones = self.window.square()[:, None].expand(-1, frames)[None]
+        wfold = torch.nn.functional.fold(ones, (1, length), (1, self.n_fft), stride=(1, self.hop))
+        self.norm[start : start + length] += wfold.reshape(length)
+
+    def result(self) -> torch.Tensor:
+        half = self.n_fft // 2
+        norm = self.norm[half : half + self.samples]
+        out = self.out[..., half : half + self.samples]
+        return torch.where(norm > 1e-11, out / norm.clamp_min(1e-11), out)

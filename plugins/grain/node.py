@@ -1,0 +1,197 @@
+"""``cak.grain``: the grain processor as an effect node, with phase-preserving reconstruction.
+
+Signal path, for every channel at 44.1 kHz (other rates are resampled there
+and back to the exact input length):
+
+1. One centred STFT frame grid over the whole signal (n_fft 2048, hop 512),
+   mel power through the Slaney filterbank (``cakfx.mel``).
+2. Analysis windows of 256 frames (2.97 s; the original cut 3 s = 259 frames
+   and cropped to the 256 the model was trained on: we slide 256-frame windows
+   along the one grid, so no frame is dropped), every 192 frames; the last
+   window ends on the last frame. Per window: ``power_to_db`` (ref = the
+   window's max, top_db 80), min-max to [-1, 1], the model, and back to dB
+   with the same window's min/max. That is the mel power the model asks for.
+3. Windows overlap by 64 frames (0.74 s) and their asks crossfade there
+   (raised-cosine weights, in dB), so there are no steps at window borders.
+4. ``"phase"`` (default): the per-band ratio target / input becomes a gain on
+   the linear STFT bins (each bin takes its filters' ratios, weighted by the
+   normalised filterbank), refined ``REFINE_STEPS`` times against the mel power
+   the masked spectrum really has (multiplicative update, no inverse STFT in
+   the loop), applied to the complex STFT with the original phase, inverse STFT.
+   ``"griffinlim"``: as the original did it (``plugins/grain/griffinlim.py``).
+5. ``rms_match``: one gain over all channels restores the input's RMS.
+
+Work is done in blocks of windows and blocks of frames, so memory stays
+bounded on long files. ``grain = 0`` returns the input unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from cakfx import mel
+from cakfx.device import resolve_device
+from cakfx.node import EffectNode
+from cakfx.resample import resample
+from cakfx.spectral import HOP, MODEL_SR, N_FFT
+
+WINDOW_FRAMES = 256  # the model's training width
+WINDOW_HOP = 192  # -> 64 frames (0.74 s) of crossfade between neighbouring windows
+WINDOW_BATCH = 16  # windows per model call
+BLOCK_FRAMES = 2048  # STFT frames per reconstruction block (~24 s)
+REFINE_STEPS = 3
+MAX_GAIN_DB = 80.0  # a bin is raised at most this much (no boosting digital silence into noise)
+RMS_LIMITS = (0.01, 100.0)
+
+
+def window_starts(frames: int, width: int = WINDOW_FRAMES, hop: int = WINDOW_HOP) -> list[int]:
+    """Start frames of the analysis windows: every ``hop``, the last one ending on the last frame."""
+    if frames <= width:
+        return [0]
+    starts = list(range(0, frames - width, hop))
+    if starts[-1] != frames - width:
+        starts.append(frames - width)
+    return starts
+
+
+def crossfade_weights(length: int, fade_in: bool, fade_out: bool, fade: int) -> torch.Tensor:
+    """Raised-cosine ramps at the window's shared edges: neighbours' weights sum to one."""
+    w = torch.ones(length, dtype=torch.float64)
+    fade = min(fade, length // 2)
+    if fade > 0:
+        ramp = torch.sin(0.5 * math.pi * (torch.arange(fade, dtype=torch.float64) + 0.5) / fade).square()
+        if fade_in:
+            w[:fade] = ramp
+        if fade_out:
+            w[-fade:] = ramp.flip(0)
+    return w
+
+
+def window_db(power: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``power_to_db(ref=max, top_db=80)`` per window (last two dims) and each window's ref in dB."""
+    ref_db = 10.0 * torch.log10(power.amax(dim=(-2, -1), keepdim=True).clamp_min(mel.AMIN))
+    return mel.power_to_db(power, dim=(-2, -1)), ref_db
+
+
+def model_targets(model, mel_pow: torch.Tensor, grain: float) -> torch.Tensor:
+    """The mel power (in dB, absolute) the model asks for, windows crossfaded: ``(C, n_mels, frames)``."""
+    channels, _, frames = mel_pow.shape
+    starts = window_starts(frames)
+    width = min(WINDOW_FRAMES, frames)
+    fade = WINDOW_FRAMES - WINDOW_HOP
+    acc = torch.zeros_like(mel_pow)
+    total = torch.zeros(frames, dtype=mel_pow.dtype, device=mel_pow.device)
+    jobs = [(c, s) for s in starts for c in range(channels)]
+    for i in range(0, len(jobs), WINDOW_BATCH):
+        batch = jobs[i : i + WINDOW_BATCH]
+        power = torch.stack([mel_pow[c, :, s : s + width] for c, s in batch])
+        db, ref_db = window_db(power)
+        norm, low, high = mel.normalise_window(db)
+        with torch.inference_mode():
+            control = torch.full((len(batch),), float(grain), device=power.device)
+            out = model(norm[:, None], control)[:, 0]
+        asked = mel.denormalise_window(out, low, high) + ref_db
+        for (c, s), target in zip(batch, asked):
+            w = crossfade_weights(width, s > 0, s + width < frames, fade).to(acc)
+            acc[c, :, s : s + width] += target * w
+            if c == 0:
+                total[s : s + width] += w
+    return acc / total
+
+
+def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, steps: int = REFINE_STEPS):
+    """Per-bin power gain ``G`` with ``fb @ (G * power)`` close to ``target`` (mel power).
+
+    Start from each band's ratio target / input spread over its bins (the
+    filterbank normalised per bin), then ``steps`` times multiply ``G`` by the
+    spread ratio target / what ``G`` actually produces.
+    """
+    spread = (fb / fb.sum(0, keepdim=True).clamp_min(1e-12)).T  # (bins, mels), rows sum to 1
+    max_gain = 10.0 ** (MAX_GAIN_DB / 10.0)
+    tiny = torch.finfo(power.dtype).tiny
+    gain = (spread @ (target / (fb @ power).clamp_min(tiny))).clamp(max=max_gain)
+    for _ in range(steps):
+        produced = fb @ (gain * power)
+        gain = (gain * (spread @ (target / produced.clamp_min(tiny)))).clamp(max=max_gain)
+    return gain
+
+
+def phase_reconstruct(x: torch.Tensor, target_db: torch.Tensor) -> torch.Tensor:
+    """Apply the refined mel-target mask to ``x``'s STFT (original phase) and invert, block by block."""
+    samples = x.shape[-1]
+    frames = mel.frame_count(samples)
+    padded = mel.pad_centred(x)
+    fb = mel.mel_filterbank(MODEL_SR, dtype=x.dtype, device=x.device)
+    ola = mel.OverlapAdd(x.shape[:-1], samples, device=x.device, dtype=x.dtype)
+    for f0 in range(0, frames, BLOCK_FRAMES):
+        f1 = min(frames, f0 + BLOCK_FRAMES)
+        spec = mel.stft_block(padded, f0, f1)
+        power = spec.real.square() + spec.imag.square()
+        gain = refine_mask(power, mel.db_to_power(target_db[..., f0:f1]), fb)
+        ola.add(spec * gain.sqrt(), f0)
+    return ola.result()
+
+
+def mel_power_blocks(x: torch.Tensor) -> torch.Tensor:
+    """Mel power of ``x`` on the global centred frame grid, computed block by block."""
+    frames = mel.frame_count(x.shape[-1])
+    padded = mel.pad_centred(x)
+    fb = mel.mel_filterbank(MODEL_SR, dtype=x.dtype, device=x.device)
+    blocks = []
+    for f0 in range(0, frames, BLOCK_FRAMES):
+        spec = mel.stft_block(padded, f0, min(frames, f0 + BLOCK_FRAMES))
+        blocks.append(fb @ (spec.real.square() + spec.imag.square()))
+    return torch.cat(blocks, dim=-1)
+
+
+def match_rms(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Scale ``y`` so its RMS (all channels together) equals ``x``'s, within ``RMS_LIMITS``."""
+    rms_y = y.square().mean().sqrt()
+    if rms_y <= 1e-9:
+        return y
+    factor = (x.square().mean().sqrt() / rms_y).clamp(*RMS_LIMITS)
+    return y * factor
+
+
+class GrainNode(EffectNode):
+    """The CAK grain processor: ``grain`` < 0 adds texture/complexity, > 0 smooths, 0 is bypass."""
+
+    name = "cak.grain"
+
+    def __init__(self, model: torch.nn.Module, grain: float = 1.0, reconstruction: str = "phase",
+                 rms_match: bool = True, device=None) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.grain = float(grain)
+        self.reconstruction = reconstruction
+        self.rms_match = bool(rms_match)
+
+    def process_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
+        if self.grain == 0.0:
+            return audio.copy()  # a true bypass: the model's BatchNorm alone is not an identity
+        samples = audio.shape[-1]
+        x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
+        if int(round(sample_rate)) != MODEL_SR:
+            x = resample(x, sample_rate, MODEL_SR)
+        if self.reconstruction == "griffinlim":
+            from cakfx.plugins.grain.griffinlim import griffinlim_process
+
+            y = griffinlim_process(self.model, x, self.grain, rms_match=self.rms_match)
+        else:
+            target_db = model_targets(self.model, mel_power_blocks(x), self.grain)
+            y = phase_reconstruct(x, target_db)
+            if self.rms_match:
+                y = match_rms(y, x)
+        if int(round(sample_rate)) != MODEL_SR:
+            y = resample(y, MODEL_SR, sample_rate, length=samples)
+        y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+        return y.cpu().numpy().astype(audio.dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"<cakfx cak.grain grain={self.grain:g} reconstruction={self.reconstruction}>"
+
+
+__all__ = ["GrainNode", "HOP", "N_FFT"]

@@ -117,6 +117,29 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
         sys.exit(1)
 
 
+# ---- inspect --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-p", "--preset", required=True, help="Preset name or path.")
+@click.option("-o", "--out", "out_png", required=True, type=click.Path(path_type=Path), help="OUT.png")
+@click.option("--set", "sets", multiple=True, metavar="ID.PARAM=VALUE", help="Override a preset parameter.")
+@click.option(
+    "--sweep", metavar="ID.PARAM=V1,V2,...", help="One row per value, e.g. texture.amount=0,0.5,1,2."
+)
+@click.option("--seconds", metavar="A:B", help="Only this part of the file, in seconds.")
+@click.option("--device", default=None, help="auto, cpu, cuda[:N] or mps.")
+def inspect(file, preset, out_png, sets, sweep, seconds, device):
+    """Picture the effect: input, output and difference spectrograms (needs the viz extra)."""
+    from cakfx.device import resolve_device
+    from cakfx.inspect import inspect_file
+    from cakfx.presets import parse_set
+
+    info = inspect_file(file, preset, out_png, parse_set(sets), sweep, seconds, resolve_device(device))
+    click.echo(f"wrote {info['path']} ({info['width']}x{info['height']}, {info['rows']} row(s))")
+
+
 # ---- effects --------------------------------------------------------------------------
 
 

@@ -61,10 +61,10 @@ class TextureCAK(nn.Module):
         """
         t = float(amount)
         gate = 1.0 / (1.0 + math.exp(-(t - self.threshold) * float(self.temperature)))
-        c = t * float(self.scale) * gate
+        c = t * float(self.scale.detach()) * gate
         kernel = self.detector_weight.detach().to("cpu", torch.float64).reshape(3, 3) * c
         kernel[1, 1] += 1.0
-        return kernel, float(self.detector_bias) * c
+        return kernel, float(self.detector_bias.detach()) * c
 
     def forward(self, n: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
         """``n``: ``(B, 1, F, T)`` normalised magnitudes; ``amount``: ``(B,)``."""

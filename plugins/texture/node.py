@@ -12,10 +12,10 @@ Signal path for each channel at 44.1 kHz::
 One frame grid covers the whole signal followed by n_fft zeros (the original zero-pads its
 chunks). The STFT, model and overlap-add run in blocks of frames: each block recomputes three
 frames of overlap-add history and one frame of kernel context on each side, and adds the
-overlapping frames in a fixed order, so a block result is the same as the one-shot result and
-memory stays bounded on long files. Frames live as ``(channels, frames, bins)`` with the bins
-contiguous; the 3x3 kernel (with the identity and the control folded in) is nine shifted
-multiply-adds.
+overlapping frames in a fixed order, so block results equal the one-shot result (to float32
+rounding: the FFT's batching can move the last bit) and memory stays bounded on long files.
+Frames live as ``(channels, frames, bins)`` with the bins contiguous; the 3x3 kernel (with the
+identity and the control folded in) is nine shifted multiply-adds.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class TextureNode(EffectNode):
         pieces = frames.unflatten(-1, (PIECES, HOP))
         count = m1 - m0
         y = pieces[:, PIECES - 1 : PIECES - 1 + count, 0].clone()
-        for j in range(1, PIECES):  # fixed order, so blocks agree with one-shot to the bit
+        for j in range(1, PIECES):  # fixed order, whatever the block size
             y.add_(pieces[:, PIECES - 1 - j : PIECES - 1 - j + count, j])
         for m in range(m0, min(m1, PIECES - 1)):  # chunks the first frames do not fully cover
             y[:, m - m0].mul_(first_fix[m])

@@ -1,0 +1,313 @@
+"""cak.texture on synthetic weights: maths, bypass, layouts, rates, edge cases, blocks, importer errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from cakfx.plugins.texture import dsp
+from cakfx.plugins.texture.checkpoint import import_checkpoint, model_from_tensors
+from cakfx.plugins.texture.model import TextureCAK
+from cakfx.plugins.texture.node import TextureNode, _conv3x3
+
+import cakfx
+from cakfx.errors import CakfxError
+from cakfx.paths import user_weights_dir
+from cakfx.registry import effects
+from cakfx.weights import save_weights
+from tests.signals import drums, tone
+
+# made-up numbers of the published shape (not the published weights)
+KERNEL = [[0.06, 0.12, 0.17], [0.10, 0.06, 0.02], [0.05, 0.02, 0.10]]
+STATS = {"global_low": -1e-4, "global_high": 4.2, "alpha": 10.0, "gamma": 0.85}
+
+
+def synthetic_tensors() -> dict[str, torch.Tensor]:
+    return {
+        "detector_weight": torch.tensor(KERNEL).reshape(1, 1, 3, 3),
+        "detector_bias": torch.tensor([-0.03]),
+        "scale": torch.tensor([0.8]),
+    }
+
+
+@pytest.fixture
+def weights(cakfx_home):
+    """Synthetic texture weights installed as the user's ``cak-texture-default``."""
+    path = user_weights_dir() / "cak-texture-default.safetensors"
+    return save_weights(path, synthetic_tensors(), kind="cak.texture", stats=STATS, training={"by": "test"})
+
+
+def make_node(amount=0.8, **kw) -> TextureNode:
+    return TextureNode(model_from_tensors(synthetic_tensors()), STATS, amount=amount, **kw)
+
+
+# -- maths ---------------------------------------------------------------------------------
+
+
+def test_normalise_follows_the_published_formula():
+    mag = torch.tensor([0.0, 1e-4, 0.01, 1.0, 10.0, 1e4])
+    low, high = -1e-4, 4.2
+    comp = torch.log1p(10.0 * torch.sqrt(mag))
+    expected = torch.clamp((comp - low) / (high - low + 1e-8), 0, 1) ** 0.85
+    assert torch.allclose(dsp.compress(mag), comp)
+    n = dsp.normalise(mag, low, high)
+    assert torch.allclose(n, expected)
+    assert n.min() >= 0 and n.max() == 1.0  # 1e4 is above `high`: clipped
+    assert torch.equal(mag, torch.tensor([0.0, 1e-4, 0.01, 1.0, 10.0, 1e4]))  # not modified
+
+
+def test_denormalise_inverts_normalise_in_range():
+    mag = torch.logspace(-3, 1.5, 50, dtype=torch.float64)  # below high: ((e^4.2 - 1) / 10)^2 = 43
+    back = dsp.denormalise(dsp.normalise(mag, -1e-4, 4.2), -1e-4, 4.2)
+    assert torch.allclose(back, mag, rtol=1e-5)
+    # step 5 literally, including the clip of n' and the floor at 0
+    n = torch.tensor([-0.5, 0.0, 0.5, 1.5], dtype=torch.float64)
+    pre = (n.clamp(0, 1) + 1e-8) ** (1 / 0.85)
+    expected = torch.clamp((torch.exp(pre * (4.2 + 1e-4) - 1e-4) - 1) / 10, min=0) ** 2
+    assert torch.allclose(dsp.denormalise(n, -1e-4, 4.2), expected)
+
+
+def test_inplace_variants_match_and_reuse_storage():
+    mag = torch.rand(4, 100) * 5
+    n = dsp.normalise(mag.clone(), 0.0, 4.0)
+    work = mag.clone()
+    assert torch.equal(dsp.normalise(work, 0.0, 4.0, inplace=True), n)
+    assert torch.equal(work, n)
+    m = dsp.denormalise(n, 0.0, 4.0)
+    assert torch.equal(dsp.denormalise(n.clone(), 0.0, 4.0, inplace=True), m)
+
+
+def test_normalise_is_differentiable():
+    mag = (torch.rand(10, dtype=torch.float64) + 0.1).requires_grad_()
+    dsp.denormalise(dsp.normalise(mag, 0.0, 4.0), 0.0, 4.0).sum().backward()
+    assert torch.isfinite(mag.grad).all()
+
+
+def test_fast_kernel_equals_model_forward():
+    model = model_from_tensors(synthetic_tensors())
+    n = torch.rand(2, 1, 1025, 40)
+    for amount in (0.2, 0.8, 1.7):
+        expected = model(n, torch.full((2,), amount))
+        kernel, bias = model.effective_kernel(amount)
+        # the node's layout: (channels, frames + 2 context, bins), zero context at the edges
+        frames_first = torch.nn.functional.pad(n[:, 0].transpose(1, 2), (0, 0, 1, 1))
+        got = _conv3x3(frames_first, kernel.tolist(), bias).transpose(1, 2)
+        assert torch.allclose(got, expected[:, 0], atol=1e-6)
+    # forward equals conv2d with zero padding (the published layer)
+    conv = torch.nn.functional.conv2d(n, model.detector_weight, model.detector_bias, padding=1)
+    assert torch.allclose(model.detect(n), conv, atol=1e-6)
+
+
+def test_gate_closes_below_the_threshold():
+    model = TextureCAK()
+    gates = model.gate(torch.tensor([0.0, 0.1, 0.3, 0.5, 1.0]))
+    assert gates[1] < 0.02 and abs(float(gates[2]) - 0.5) < 1e-6 and gates[4] > 0.999
+
+
+# -- the node ------------------------------------------------------------------------------
+
+
+def test_registered_with_documented_params():
+    spec = effects()["cak.texture"]
+    assert [p.name for p in spec.params] == ["amount", "weights", "rms_match", "soft_clip"]
+    assert spec.param_map["amount"].min == 0 and spec.param_map["amount"].max == 2
+    for words in ("transients smear", "chorus", "comb", "0.3"):
+        assert words in spec.description
+    assert spec.load_model is not None and spec.import_checkpoint is not None
+
+
+def test_create_effect_by_name_and_path(weights):
+    node = cakfx.create_effect("cak.texture", amount=0.7, device="cpu")
+    assert isinstance(node, TextureNode) and node.amount == 0.7
+    node2 = cakfx.create_effect("cak.texture", weights=str(weights), device="cpu")
+    x = tone(0.3)
+    assert np.array_equal(node2(x, 44100), cakfx.create_effect("cak.texture", device="cpu")(x, 44100))
+    with pytest.raises(CakfxError, match="unknown weights 'nope'"):
+        cakfx.create_effect("cak.texture", weights="nope")
+    with pytest.raises(CakfxError, match="amount"):
+        cakfx.create_effect("cak.texture", amount=2.5)
+
+
+def test_weights_of_another_kind_are_refused(tmp_path):
+    path = save_weights(tmp_path / "g.safetensors", synthetic_tensors(), kind="cak.grain")
+    with pytest.raises(CakfxError, match="not cak.texture"):
+        cakfx.create_effect("cak.texture", weights=str(path))
+
+
+def test_load_model_returns_the_module(weights):
+    model = cakfx.load_model("cak-texture-default", device="cpu")
+    assert isinstance(model, TextureCAK) and not model.training
+    assert torch.allclose(model.detector_weight.reshape(3, 3), torch.tensor(KERNEL))
+    out = model(torch.rand(2, 1, 1025, 8), torch.tensor([0.5, 1.0]))
+    assert out.shape == (2, 1, 1025, 8)
+
+
+def test_amount_zero_is_a_true_bypass():
+    node = make_node(amount=0.0)
+    for x in (tone(0.2), tone(0.2, dtype=np.float64).T, tone(0.2, channels=1)[0] * 3):
+        y = node(x, 48000)
+        assert y.dtype == x.dtype and y.shape == x.shape and np.array_equal(y, x)
+        assert y is not x
+
+
+def test_changes_the_sound_and_keeps_loudness():
+    x = drums(1.0)
+    y = make_node(amount=1.0, soft_clip=False)(x, 44100)
+    assert np.isfinite(y).all()
+    rms = lambda a: np.sqrt(np.mean(a.astype(np.float64) ** 2))  # noqa: E731
+    assert abs(rms(y) / rms(x) - 1) < 1e-4  # RMS matched
+    assert np.max(np.abs(y - x)) > 0.01  # and audibly processed
+    # a higher amount changes more
+    small = make_node(amount=0.4, soft_clip=False)(x, 44100)
+    assert np.sum((small - x) ** 2) < np.sum((y - x) ** 2)
+
+
+def test_loudness_switches():
+    x = 0.9 * drums(0.5)
+    raw = make_node(rms_match=False, soft_clip=False)(x, 44100)
+    matched = make_node(rms_match=True, soft_clip=False)(x, 44100)
+    clipped = make_node(rms_match=False, soft_clip=True)(x, 44100)
+    gain = np.sqrt(np.mean(x.astype(np.float64) ** 2) / np.mean(raw.astype(np.float64) ** 2))
+    assert np.allclose(matched, raw * np.clip(gain, 0.1, 10), atol=1e-6)
+    assert np.allclose(clipped, np.tanh(0.95 * raw) / 0.95, atol=1e-6)
+
+
+def test_layouts_and_dtypes():
+    node = make_node()
+    x = tone(0.25, channels=2)
+    y = node(x, 44100)
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert np.array_equal(node(np.ascontiguousarray(x.T), 44100), y.T)  # (samples, channels)
+    assert np.array_equal(node(x[0], 44100), y[0])  # 1-D
+    y64 = node(x.astype(np.float64), 44100)
+    assert y64.dtype == np.float64 and np.allclose(y64, y, atol=1e-6)
+
+
+def test_channels_are_independent():
+    node = make_node()
+    x = np.concatenate([tone(0.5, channels=1), drums(0.5), tone(0.5, channels=1, freq=97.0)])
+    y = node(x, 44100)
+    for c in range(3):
+        assert np.allclose(node(x[c], 44100), y[c], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("sr", [48000, 22050, 96000])
+def test_other_rates_keep_length_and_pitch(sr):
+    x = tone(0.5, sr=sr, channels=2, freq=1000.0)
+    y = make_node(amount=0.5)(x, sr)
+    assert y.shape == x.shape and np.isfinite(y).all()
+    spectrum = np.abs(np.fft.rfft(y[0] * np.hanning(y.shape[1])))
+    assert abs(np.argmax(spectrum) * sr / y.shape[1] - 1000.0) < 5.0
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        pytest.param(tone(0.01, channels=2), id="10ms"),
+        pytest.param(tone(1.0, channels=1)[:, :100], id="100 samples"),
+        pytest.param(tone(1.0, channels=1)[:, :1], id="1 sample"),
+        pytest.param(np.zeros((2, 30000), np.float32), id="silence"),
+        pytest.param(np.random.default_rng(1).uniform(-1, 1, (2, 30000)).astype(np.float32), id="noise"),
+    ],
+)
+def test_edge_inputs_are_finite_and_sized(x):
+    for sr in (44100, 48000):
+        y = make_node(amount=2.0)(x, sr)
+        assert y.shape == x.shape and np.isfinite(y).all()
+        assert np.max(np.abs(y)) <= 1 / 0.95 + 1e-6
+    if not x.any():
+        assert np.max(np.abs(y)) < 1e-6
+
+
+def test_silence_next_to_sound_gets_the_smear():
+    # digital silence after a burst: frames with |X| == 0 still get the kernel's output (phase 0)
+    x = np.zeros((1, 44100), np.float32)
+    x[0, :4000] = drums(0.1)[0, :4000]
+    y = make_node(amount=1.0, rms_match=False, soft_clip=False)(x, 44100)
+    assert np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("block", [1, 2, 5, 64])
+def test_blocks_equal_one_shot(block):
+    x = drums(0.6, channels=2)
+    x[:, 9000:13000] = 0  # a silent stretch crossing block edges
+    one_shot = make_node(block_frames=10**6)(x, 44100)
+    blocked = make_node(block_frames=block)(x, 44100)
+    # same frames, same kernel context, same overlap-add order: equal up to the FFT's last bit
+    assert np.max(np.abs(blocked - one_shot)) <= 1e-7
+
+
+def test_tail_padding_defines_the_end():
+    # the last frames see n_fft zeros after the signal: appending silence must not change the output
+    x = drums(0.5)
+    node = make_node(rms_match=False, soft_clip=False)
+    y = node(x, 44100)
+    longer = node(np.concatenate([x, np.zeros((1, 8192), np.float32)], axis=1), 44100)
+    assert np.allclose(longer[:, : x.shape[1]], y, atol=1e-6)
+
+
+# -- importer errors -------------------------------------------------------------------------
+
+
+def test_import_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
+    bogus = tmp_path / "notes.pt"
+    bogus.write_text("not a checkpoint")
+    stats = tmp_path / "stats.json"
+    stats.write_text('{"global_low": 0, "global_high": 4, "alpha": 10, "gamma": 0.85}')
+    with pytest.raises(CakfxError, match="notes.pt: not a loadable checkpoint"):
+        import_checkpoint(bogus, stats)
+    with pytest.raises(CakfxError, match="checkpoint not found"):
+        import_checkpoint(tmp_path / "missing.pt", stats)
+
+
+def test_import_rejects_the_wrong_kind_and_missing_stats(tmp_path):
+    ckpt = tmp_path / "other.pt"
+    torch.save({"processor": {"cak1.scale": torch.ones(1)}}, ckpt)
+    stats = tmp_path / "stats.json"
+    stats.write_text('{"global_low": 0, "global_high": 4, "alpha": 10, "gamma": 0.85}')
+    with pytest.raises(CakfxError, match="not a CAK texture checkpoint.*--kind grain"):
+        import_checkpoint(ckpt, stats)
+    with pytest.raises(CakfxError, match="need their normalisation stats"):
+        import_checkpoint(ckpt, None)
+    stats.write_text('{"global_low": 0}')
+    with pytest.raises(CakfxError, match="must hold global_low, global_high, alpha, gamma"):
+        import_checkpoint(ckpt, stats)
+    stats.write_text("{oops")
+    with pytest.raises(CakfxError, match="not a JSON stats file"):
+        import_checkpoint(ckpt, stats)
+
+
+def test_import_round_trip_of_a_research_style_checkpoint(tmp_path):
+    gen = {
+        "cak.scale": torch.tensor([0.8]),
+        "cak.epoch": torch.tensor(99),
+        "cak.threshold": torch.tensor(0.3),
+        "cak.detector.conv.weight": torch.tensor(KERNEL).reshape(1, 1, 3, 3),
+        "cak.detector.conv.bias": torch.tensor([-0.03]),
+    }
+    ckpt = tmp_path / "texture.pt"
+    torch.save({"generator": gen, "history": {"g_loss": [np.float64(1.0)]}}, ckpt)
+    stats = tmp_path / "stats.json"
+    stats.write_text('{"global_low": -0.0001, "global_high": 4.2, "alpha": 10, "gamma": 0.85, "n_fft": 2048}')
+    tensors, meta, training = import_checkpoint(ckpt, stats)
+    assert meta["global_high"] == 4.2 and training["epochs"] == 100
+    assert "research checkpoint" in training["source"]
+    path = tmp_path / "t.safetensors"
+    save_weights(path, tensors, kind="cak.texture", stats=meta, training=training)
+    x = drums(0.3)
+    got = cakfx.create_effect("cak.texture", weights=str(path), amount=0.9, device="cpu")(x, 44100)
+    assert np.array_equal(got, make_node(amount=0.9)(x, 44100))
+
+
+def test_broken_stats_in_weights_are_reported(tmp_path):
+    path = save_weights(tmp_path / "t.safetensors", synthetic_tensors(), kind="cak.texture", stats={})
+    with pytest.raises(CakfxError, match="lack normalisation stats"):
+        cakfx.create_effect("cak.texture", weights=str(path))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = drums(1.0, channels=2)
+    cpu = make_node(device="cpu")(x, 44100)
+    gpu = make_node(device="cuda")(x, 44100)
+    assert np.allclose(cpu, gpu, atol=2e-5)

@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: test demo install lint bench clean
+.PHONY: test demo install lint bench clean docs
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ demo: $(VENV)/.app
 	@echo
 	@echo "Demo input:   $(CURDIR)/demo-in"
 	@echo "Demo output:  $(CURDIR)/demo-out"
+
+docs: $(VENV)/.dev
+	$(PY) -m cakfx.docs README.md
 
 bench: $(VENV)/.dev
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -59,13 +59,13 @@ def griffin_lim(magnitude: torch.Tensor, length: int, generator: torch.Generator
 
 def chunk_target(model, chunk: torch.Tensor, grain: float) -> torch.Tensor:
     """Mel power the model asks for on one chunk ``(C, samples)``: one window per chunk, as the original."""
-    from cakfx.plugins.grain.node import window_db
+    from cakfx.plugins.grain.node import level_match, window_db
 
-    db, ref_db = window_db(mel.mel_power(chunk, MODEL_SR))
-    norm, low, high = mel.normalise_window(db)
+    power = mel.mel_power(chunk, MODEL_SR)
+    norm, low, high = mel.normalise_window(window_db(power)[0])
     with torch.inference_mode():
         out = model(norm[:, None], torch.full((chunk.shape[0],), float(grain), device=chunk.device))[:, 0]
-    return mel.db_to_power(mel.denormalise_window(out, low, high) + ref_db)
+    return mel.db_to_power(level_match(mel.denormalise_window(out, low, high), power))
 
 
 def griffinlim_process(model, x: torch.Tensor, grain: float, rms_match: bool = True,
@@ -93,11 +93,6 @@ def griffinlim_process(model, x: torch.Tensor, grain: float, rms_match: bool = T
         out[:, start : start + n] += audio * w
         weight[start : start + n] += w
     y = out / weight.clamp_min(1e-8)
-    if rms_match:
-        from cakfx.plugins.grain.node import match_rms
+    from cakfx.plugins.grain.node import limit_peak, match_rms
 
-        y = match_rms(y, x)
-    peak = y.abs().max()
-    if peak > PEAK:
-        y = y * (PEAK / peak)
-    return y
+    return match_rms(y, x, PEAK) if rms_match else limit_peak(y, PEAK)

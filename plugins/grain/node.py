@@ -19,7 +19,11 @@ and back to the exact input length):
    the masked spectrum really has (multiplicative update, no inverse STFT in
    the loop), applied to the complex STFT with the original phase, inverse STFT.
    ``"griffinlim"``: as the original did it (``plugins/grain/griffinlim.py``).
-5. ``rms_match``: one gain over all channels restores the input's RMS.
+   Each window's ask is first shifted to the input window's total mel power:
+   the model shapes the spectrum, its raw level is meaningless (at grain -3
+   its peaks sit ~900 dB above the window max).
+5. ``rms_match``: one gain over all channels restores the input's RMS, then,
+   as the original, the whole output is scaled down if a peak exceeds 0.95.
 
 Work is done in blocks of windows and blocks of frames, so memory stays
 bounded on long files. ``grain = 0`` returns the input unchanged.
@@ -43,8 +47,9 @@ WINDOW_HOP = 192  # -> 64 frames (0.74 s) of crossfade between neighbouring wind
 WINDOW_BATCH = 16  # windows per model call
 BLOCK_FRAMES = 2048  # STFT frames per reconstruction block (~24 s)
 REFINE_STEPS = 3
-MAX_GAIN_DB = 80.0  # a bin is raised at most this much (no boosting digital silence into noise)
+MAX_GAIN_DB = 120.0  # a bin is raised at most this much (keeps float32 finite; silence stays silent)
 RMS_LIMITS = (0.01, 100.0)
+PEAK = 0.95  # after the RMS match, as the original: peaks above this scale the whole output down
 
 
 def window_starts(frames: int, width: int = WINDOW_FRAMES, hop: int = WINDOW_HOP) -> list[int]:
@@ -76,6 +81,20 @@ def window_db(power: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mel.power_to_db(power, dim=(-2, -1)), ref_db
 
 
+def level_match(asked_db: torch.Tensor, power: torch.Tensor) -> torch.Tensor:
+    """Shift each window's asked dB so its total mel power equals the input window's.
+
+    The model only shapes the spectrum: its raw ask can sit hundreds of dB away
+    from the input (at grain -3 its peaks reach +900 dB re the window max), and
+    the original's RMS match threw that level away anyway. Matching per window
+    keeps the input's dynamics from window to window and every value finite.
+    """
+    ln10 = math.log(10.0) / 10.0
+    asked_total = torch.logsumexp((asked_db * ln10).flatten(-2), dim=-1) / ln10
+    input_total = 10.0 * torch.log10(power.sum(dim=(-2, -1)).clamp_min(mel.AMIN))
+    return asked_db + (input_total - asked_total)[..., None, None]
+
+
 def model_targets(model, mel_pow: torch.Tensor, grain: float) -> torch.Tensor:
     """The mel power (in dB, absolute) the model asks for, windows crossfaded: ``(C, n_mels, frames)``."""
     channels, _, frames = mel_pow.shape
@@ -88,12 +107,12 @@ def model_targets(model, mel_pow: torch.Tensor, grain: float) -> torch.Tensor:
     for i in range(0, len(jobs), WINDOW_BATCH):
         batch = jobs[i : i + WINDOW_BATCH]
         power = torch.stack([mel_pow[c, :, s : s + width] for c, s in batch])
-        db, ref_db = window_db(power)
+        db, _ = window_db(power)
         norm, low, high = mel.normalise_window(db)
         with torch.inference_mode():
             control = torch.full((len(batch),), float(grain), device=power.device)
             out = model(norm[:, None], control)[:, 0]
-        asked = mel.denormalise_window(out, low, high) + ref_db
+        asked = level_match(mel.denormalise_window(out, low, high), power)
         for (c, s), target in zip(batch, asked):
             w = crossfade_weights(width, s > 0, s + width < frames, fade).to(acc)
             acc[c, :, s : s + width] += target * w
@@ -112,10 +131,10 @@ def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, ste
     spread = (fb / fb.sum(0, keepdim=True).clamp_min(1e-12)).T  # (bins, mels), rows sum to 1
     max_gain = 10.0 ** (MAX_GAIN_DB / 10.0)
     tiny = torch.finfo(power.dtype).tiny
-    gain = (spread @ (target / (fb @ power).clamp_min(tiny))).clamp(max=max_gain)
-    for _ in range(steps):
-        produced = fb @ (gain * power)
-        gain = (gain * (spread @ (target / produced.clamp_min(tiny)))).clamp(max=max_gain)
+    gain = torch.ones_like(power)
+    for _ in range(steps + 1):
+        ratio = (target / (fb @ (gain * power)).clamp_min(tiny)).clamp(max=max_gain)
+        gain = (gain * (spread @ ratio)).clamp(max=max_gain)
     return gain
 
 
@@ -147,13 +166,19 @@ def mel_power_blocks(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(blocks, dim=-1)
 
 
-def match_rms(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Scale ``y`` so its RMS (all channels together) equals ``x``'s, within ``RMS_LIMITS``."""
+def match_rms(y: torch.Tensor, x: torch.Tensor, peak: float = PEAK) -> torch.Tensor:
+    """Scale ``y`` so its RMS (all channels together) equals ``x``'s, within ``RMS_LIMITS``;
+    then, if a peak exceeds ``peak``, scale everything down so it does not (the original's limiter)."""
     rms_y = y.square().mean().sqrt()
     if rms_y <= 1e-9:
         return y
-    factor = (x.square().mean().sqrt() / rms_y).clamp(*RMS_LIMITS)
-    return y * factor
+    return limit_peak(y * (x.square().mean().sqrt() / rms_y).clamp(*RMS_LIMITS), peak)
+
+
+def limit_peak(y: torch.Tensor, peak: float = PEAK) -> torch.Tensor:
+    """Scale ``y`` down so its largest absolute sample is at most ``peak``."""
+    top = y.abs().max()
+    return y * (peak / top) if top > peak else y
 
 
 class GrainNode(EffectNode):

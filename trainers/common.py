@@ -225,6 +225,7 @@ class Options:
     checkpoint_every: int = 5
     out: str | None = None
     exclude: tuple[str, ...] = ()
+    threads: int | None = None
     quiet: bool = False
 
 
@@ -413,7 +414,16 @@ def run_training(trainer_cls: type[Trainer], options: Options, echo: Callable[[s
     if options.checkpoint_every < 1:
         raise CakfxError(f"--checkpoint-every must be at least 1, got {options.checkpoint_every}")
     device = resolve_device(options.device)
+    if options.threads is not None:
+        if options.threads < 1:
+            raise CakfxError(f"--threads must be at least 1, got {options.threads}")
+        # small models on a busy CPU run many times faster on one thread than oversubscribed
+        torch.set_num_threads(options.threads)
     found = find_audio(options.samples, options.exclude)
+    folder = run_dir(options.name)
+    ckpt = folder / CHECKPOINT
+    if options.resume and not ckpt.is_file():
+        raise CakfxError(f"--resume: no checkpoint at {ckpt} (train once without --resume first)")
     seed_everything(options.seed)
     trainer = trainer_cls(options, device)
     if trainer.settings["epochs"] < 1 or trainer.settings["batch_size"] < 1:
@@ -436,8 +446,6 @@ def run_training(trainer_cls: type[Trainer], options: Options, echo: Callable[[s
 
     seed_everything(options.seed)
     trainer.setup(items)
-    folder = run_dir(options.name)
-    ckpt = folder / CHECKPOINT
     start, history = 0, []
     if options.resume:
         start, history = _load_checkpoint(ckpt, trainer)
@@ -569,6 +577,9 @@ def train_options(func: Callable) -> Callable:
             multiple=True,
             metavar="GLOB",
             help="Leave out files whose path under SAMPLES matches (repeatable), e.g. 'kit2/*'.",
+        ),
+        click.option(
+            "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)."
         ),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
     ]

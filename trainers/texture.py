@@ -38,6 +38,7 @@ PROFILES = {
     "paper": {
         "segment_s": 15.0,
         "fade_s": 2.0,
+        "crop": None,
         "critic_channels": (32, 64, 128),
         "critic_steps": 5,
         "epochs": 100,
@@ -50,6 +51,7 @@ PROFILES = {
     "fast": {
         "segment_s": 1.5,
         "fade_s": 0.1,
+        "crop": (256, 64),
         "critic_channels": (8, 16, 32),
         "critic_steps": 2,
         "epochs": 30,
@@ -59,8 +61,9 @@ PROFILES = {
         "anneal_epochs": 5,
         "note": (
             "fast CPU profile, NOT the published recipe: 1.5 s segments with 0.1 s fades "
-            "(paper 15 s / 2 s), critic channels 8/16/32 (paper 32/64/128), 2 critic steps per "
-            "generator step (paper 5), 30 epochs (paper 100)"
+            "(paper 15 s / 2 s), random 256-bin x 64-frame crops (paper: whole spectrograms), "
+            "critic channels 8/16/32 (paper 32/64/128), 2 critic steps per generator step (paper 5), "
+            "30 epochs (paper 100)"
         ),
     },
 }
@@ -219,6 +222,20 @@ class TextureTrainer(Trainer):
         (grad,) = torch.autograd.grad(self.critic(mix).sum(), mix, create_graph=True)
         return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
+    def batch(self, rows: list[tuple[int, int, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets ``(B, 1, F, T)``; ``fast`` cuts the same random crop from both of a pair."""
+        xs, ys = [], []
+        for a, b, _ in rows:
+            x, y = self.specs[a], self.specs[b]
+            if self.settings["crop"]:
+                bins, frames = self.settings["crop"]
+                f0 = self.randint(max(0, x.shape[0] - bins))
+                t0 = self.randint(max(0, x.shape[1] - frames))
+                x, y = x[f0 : f0 + bins, t0 : t0 + frames], y[f0 : f0 + bins, t0 : t0 + frames]
+            xs.append(x)
+            ys.append(y)
+        return torch.stack(xs).unsqueeze(1).to(self.device), torch.stack(ys).unsqueeze(1).to(self.device)
+
     def train_epoch(self, epoch: int, bar) -> dict[str, float]:
         self.model.temperature.fill_(self.temperature(epoch))
         self.model.train()
@@ -227,8 +244,7 @@ class TextureTrainer(Trainer):
         batches = self.batch_indices(len(self.samples))
         for idx in batches:
             rows = [self.samples[i] for i in idx]
-            x = torch.stack([self.specs[a] for a, _, _ in rows]).unsqueeze(1).to(self.device)
-            y = torch.stack([self.specs[b] for _, b, _ in rows]).unsqueeze(1).to(self.device)
+            x, y = self.batch(rows)
             t = torch.tensor([c for _, _, c in rows], dtype=torch.float32, device=self.device)
             for _ in range(self.settings["critic_steps"]):
                 with torch.no_grad():
@@ -273,6 +289,7 @@ class TextureTrainer(Trainer):
             "detector_weight": self.model.detector_weight.detach().cpu().reshape(1, 1, 3, 3),
             "detector_bias": self.model.detector_bias.detach().cpu().reshape(1),
             "scale": self.model.scale.detach().cpu().reshape(1),
+            "threshold": torch.tensor(float(self.model.threshold)),
         }
         manifest = [
             {"file": it.rel, "sha256": it.digest, "control": round(c, 6)}

@@ -68,9 +68,11 @@ def chunk_target(model, chunk: torch.Tensor, grain: float) -> torch.Tensor:
     return mel.db_to_power(level_match(mel.denormalise_window(out, low, high), power))
 
 
-def griffinlim_process(model, x: torch.Tensor, grain: float, rms_match: bool = True,
-                       seed: int = SEED) -> torch.Tensor:
-    """The original pipeline on ``x`` (``(C, samples)`` at 44.1 kHz)."""
+def griffinlim_process(model, x: torch.Tensor, grain: float, seed: int = SEED) -> torch.Tensor:
+    """The original pipeline on ``x`` (``(C, samples)`` at 44.1 kHz), up to the level stage.
+
+    The node then matches the RMS and limits peaks to ``PEAK``, as the original did.
+    """
     samples = x.shape[-1]
     size = int(CHUNK_SECONDS * MODEL_SR)
     fade = int(CROSSFADE_SECONDS * MODEL_SR)
@@ -92,7 +94,4 @@ def griffinlim_process(model, x: torch.Tensor, grain: float, rms_match: bool = T
             w[-fade:] = torch.minimum(w[-fade:], ramp.flip(0))
         out[:, start : start + n] += audio * w
         weight[start : start + n] += w
-    y = out / weight.clamp_min(1e-8)
-    from cakfx.plugins.grain.node import limit_peak, match_rms
-
-    return match_rms(y, x, PEAK) if rms_match else limit_peak(y, PEAK)
+    return out / weight.clamp_min(1e-8)

@@ -14,8 +14,8 @@ and back to the exact input length):
 3. Windows overlap by 64 frames (0.74 s) and their asks crossfade there
    (raised-cosine weights, in dB), so there are no steps at window borders.
 4. ``"phase"`` (default): the per-band ratio target / input becomes a gain on
-   the linear STFT bins (each bin takes its filters' ratios, weighted by the
-   normalised filterbank), refined ``REFINE_STEPS`` times against the mel power
+   the linear STFT bins (each bin takes its filters' log ratios, weighted by
+   the normalised filterbank), refined ``REFINE_STEPS`` times against the mel power
    the masked spectrum really has (multiplicative update, no inverse STFT in
    the loop), applied to the complex STFT with the original phase, inverse STFT.
    ``"griffinlim"``: as the original did it (``plugins/grain/griffinlim.py``).
@@ -124,18 +124,23 @@ def model_targets(model, mel_pow: torch.Tensor, grain: float) -> torch.Tensor:
 def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, steps: int = REFINE_STEPS):
     """Per-bin power gain ``G`` with ``fb @ (G * power)`` close to ``target`` (mel power).
 
-    Start from each band's ratio target / input spread over its bins (the
-    filterbank normalised per bin), then ``steps`` times multiply ``G`` by the
-    spread ratio target / what ``G`` actually produces.
+    Each step compares the mel power ``G`` produces with the target, band by
+    band, and moves every bin's log gain by its bands' log ratios, weighted by
+    the filterbank normalised per bin (a geometric mean, so one band asking for
+    a huge boost does not swamp a bin it shares with a quiet neighbour). The
+    first step is the one-shot mask; ``steps`` more refine it. Gains stay
+    below ``MAX_GAIN_DB``.
     """
     spread = (fb / fb.sum(0, keepdim=True).clamp_min(1e-12)).T  # (bins, mels), rows sum to 1
-    max_gain = 10.0 ** (MAX_GAIN_DB / 10.0)
+    max_log = MAX_GAIN_DB * math.log(10.0) / 10.0
     tiny = torch.finfo(power.dtype).tiny
-    gain = torch.ones_like(power)
+    log_target = target.clamp_min(tiny).log()
+    log_gain = torch.zeros_like(power)
     for _ in range(steps + 1):
-        ratio = (target / (fb @ (gain * power)).clamp_min(tiny)).clamp(max=max_gain)
-        gain = (gain * (spread @ ratio)).clamp(max=max_gain)
-    return gain
+        produced = fb @ (log_gain.exp() * power)
+        log_ratio = (log_target - produced.clamp_min(tiny).log()).clamp(max=max_log)
+        log_gain = (log_gain + spread @ log_ratio).clamp(max=max_log)
+    return log_gain.exp()
 
 
 def phase_reconstruct(x: torch.Tensor, target_db: torch.Tensor) -> torch.Tensor:
@@ -197,22 +202,23 @@ class GrainNode(EffectNode):
     def process_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
         if self.grain == 0.0:
             return audio.copy()  # a true bypass: the model's BatchNorm alone is not an identity
-        samples = audio.shape[-1]
-        x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
-        if int(round(sample_rate)) != MODEL_SR:
-            x = resample(x, sample_rate, MODEL_SR)
+        original = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
+        resampled = int(round(sample_rate)) != MODEL_SR
+        x = resample(original, sample_rate, MODEL_SR) if resampled else original
         if self.reconstruction == "griffinlim":
-            from cakfx.plugins.grain.griffinlim import griffinlim_process
+            from cakfx.plugins.grain.griffinlim import PEAK, griffinlim_process
 
-            y = griffinlim_process(self.model, x, self.grain, rms_match=self.rms_match)
+            y = griffinlim_process(self.model, x, self.grain)
         else:
-            target_db = model_targets(self.model, mel_power_blocks(x), self.grain)
-            y = phase_reconstruct(x, target_db)
-            if self.rms_match:
-                y = match_rms(y, x)
-        if int(round(sample_rate)) != MODEL_SR:
-            y = resample(y, MODEL_SR, sample_rate, length=samples)
+            y = phase_reconstruct(x, model_targets(self.model, mel_power_blocks(x), self.grain))
+        if resampled:
+            y = resample(y, MODEL_SR, sample_rate, length=original.shape[-1])
         y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+        # levels at the caller's rate: what was above its Nyquist does not count
+        if self.rms_match:
+            y = match_rms(y, original)
+        elif self.reconstruction == "griffinlim":
+            y = limit_peak(y, PEAK)  # the original always limited its Griffin-Lim output
         return y.cpu().numpy().astype(audio.dtype, copy=False)
 
     def __repr__(self) -> str:

@@ -1,0 +1,286 @@
+"""cak.grain: model fidelity, checkpoint import, the node's contract, reconstruction and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from cakfx.plugins.grain import import_checkpoint
+from cakfx.plugins.grain import node as grain_node
+from cakfx.plugins.grain.model import GrainProcessor
+from cakfx.plugins.grain.node import GrainNode
+from click.testing import CliRunner
+
+import cakfx
+from cakfx import mel
+from cakfx.errors import CakfxError
+from cakfx.registry import get_effect
+from cakfx.weights import load_weights, save_weights
+from tests.signals import drums, tone
+
+GRAINS = ("-3.0", "-1.5", "+0.0", "+1.5", "+3.0")
+SR = 44100
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    """A seeded, untrained grain model (scales raised so it changes things), saved as weights."""
+    torch.manual_seed(0)
+    model = GrainProcessor()
+    with torch.no_grad():
+        for layer in (model.cak1, model.cak2, model.cak3):
+            layer.scale.fill_(1.0)
+    path = tmp_path_factory.mktemp("w") / "random-grain.safetensors"
+    return str(save_weights(path, model.state_dict(), kind="cak.grain", training={"source": "test"}))
+
+
+@pytest.fixture(scope="module")
+def ref_weights(reference, tmp_path_factory):
+    tensors, stats, training = import_checkpoint(reference / "grain" / "final_true_cak.pt")
+    path = tmp_path_factory.mktemp("w") / "ref-grain.safetensors"
+    return str(save_weights(path, tensors, kind="cak.grain", stats=stats, training=training))
+
+
+def grain(weights, **params):
+    return cakfx.create_effect("cak.grain", device="cpu", weights=weights, **params)
+
+
+def frame_rms_db(y: np.ndarray, hop: int = 512) -> np.ndarray:
+    frames = y[: y.size // hop * hop].reshape(-1, hop)
+    return 20 * np.log10(np.sqrt(np.mean(frames**2, axis=1)) + 1e-12)
+
+
+# ---- the model and its weights -----------------------------------------------------------
+
+
+def test_imported_model_reproduces_the_original(ref_weights, reference):
+    io = np.load(reference / "grain" / "original_model_io.npz")
+    model = cakfx.load_model(ref_weights, device="cpu")
+    assert not model.training
+    x = torch.from_numpy(io["input_norm"])[None, None]
+    worst = 0.0
+    for g in GRAINS:
+        with torch.inference_mode():
+            out = model(x, torch.tensor([float(g)]))[0, 0].numpy()
+        worst = max(worst, float(np.abs(out - io[f"output_grain_{g}"]).max()))
+    assert worst <= 1e-4
+
+
+def test_import_keeps_only_the_processor(ref_weights):
+    wf = load_weights(ref_weights, expect_kind="cak.grain")
+    assert set(wf.tensors) == set(GrainProcessor().state_dict())
+    learned = [t for k, t in wf.tensors.items() if "running" not in k and "num_batches" not in k]
+    assert sum(t.numel() for t in learned) == 13400
+    assert wf.training["source"] == "research checkpoint"
+
+
+def test_import_rejects_files_that_are_not_grain_checkpoints(tmp_path, reference):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hello")
+    with pytest.raises(CakfxError, match="junk.pt: not a loadable checkpoint") as err:
+        import_checkpoint(junk)
+    assert "\n" not in str(err.value)
+    with pytest.raises(CakfxError, match="not a CAK grain checkpoint") as err:
+        import_checkpoint(reference / "texture" / "final_wgan_grain.pt")
+    assert "\n" not in str(err.value)
+    with pytest.raises(CakfxError, match="checkpoint not found"):
+        import_checkpoint(tmp_path / "missing.pt")
+
+
+def test_weights_of_another_kind_are_refused(tmp_path):
+    other = save_weights(tmp_path / "tex.safetensors", {"w": torch.zeros(3)}, kind="cak.texture")
+    with pytest.raises(CakfxError, match="weights are for cak.texture, not cak.grain"):
+        grain(str(other))
+    wrong = save_weights(tmp_path / "odd.safetensors", {"w": torch.zeros(3)}, kind="cak.grain")
+    with pytest.raises(CakfxError, match="not grain model weights"):
+        grain(str(wrong))
+
+
+def test_registration_and_parameter_checks(random_weights):
+    spec = get_effect("cak.grain")
+    assert {p.name for p in spec.params} == {"grain", "weights", "reconstruction", "rms_match"}
+    assert "bypass" in spec.description and "smooth" in spec.description and spec.summary
+    assert spec.param_map["weights"].default == "cak-grain-default"
+    with pytest.raises(CakfxError, match="above the maximum"):
+        grain(random_weights, grain=3.5)
+    with pytest.raises(CakfxError, match="reconstruction"):
+        grain(random_weights, reconstruction="vocoder")
+    with pytest.raises(CakfxError, match="unknown weights 'nope'"):
+        grain("nope")
+
+
+# ---- the node's contract -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_grain_is_a_bit_exact_bypass(random_weights, dtype):
+    node = grain(random_weights, grain=0.0)
+    x = tone(0.3, SR, 2, dtype=dtype)
+    for audio in (x, x.T, x[0]):
+        out = node(audio, SR)
+        assert out.dtype == audio.dtype and out.shape == audio.shape
+        assert np.array_equal(out, audio)
+
+
+def test_layouts_dtypes_and_independent_channels(random_weights):
+    node = grain(random_weights, grain=-1.0, rms_match=False)
+    x = drums(0.8, SR, channels=2)
+    first = node(x, SR)
+    assert first.shape == x.shape and first.dtype == np.float32 and np.isfinite(first).all()
+    assert not np.allclose(first, x, atol=1e-3)
+    np.testing.assert_allclose(node(x.T, SR), first.T, atol=1e-6)
+    out64 = node(x.astype(np.float64), SR)
+    assert out64.dtype == np.float64
+    np.testing.assert_allclose(out64, first, atol=1e-5)
+    # every channel is processed on its own: channel 1 alone gives the same channel 1
+    np.testing.assert_allclose(node(x[1], SR), first[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("sr", [22050, 48000, 96000])
+def test_any_sample_rate(random_weights, sr):
+    node = grain(random_weights, grain=1.5)
+    x = tone(0.6, sr, 1, freq=300.0)
+    out = node(x, sr)
+    assert out.shape == x.shape and np.isfinite(out).all()
+    rms_in, rms_out = np.sqrt(np.mean(x**2)), np.sqrt(np.mean(out**2))
+    assert rms_out == pytest.approx(rms_in, rel=1e-3)  # rms_match, no peak over 0.95 here
+    assert not np.allclose(out, x, atol=1e-3)
+
+
+@pytest.mark.parametrize("samples", [1, 100, 2047, 2048, 5000])
+@pytest.mark.parametrize("mode", ["phase", "griffinlim"])
+def test_short_inputs_are_finite_and_keep_their_length(random_weights, samples, mode):
+    x = tone(1.0, SR, 2)[:, :samples]
+    out = grain(random_weights, grain=-2.0, reconstruction=mode)(x, SR)
+    assert out.shape == x.shape and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("mode", ["phase", "griffinlim"])
+def test_silence_stays_silent(random_weights, mode):
+    x = np.zeros((2, SR // 2), np.float32)
+    out = grain(random_weights, grain=3.0, reconstruction=mode)(x, SR)
+    assert out.shape == x.shape and np.isfinite(out).all() and np.abs(out).max() < 1e-6
+
+
+def test_extreme_grain_stays_finite_and_at_the_input_level(random_weights):
+    x = drums(1.0, SR)
+    for g in (-3.0, 3.0):
+        out = grain(random_weights, grain=g)(x, SR)
+        assert np.isfinite(out).all() and np.abs(out).max() <= 0.95 + 1e-6
+        assert np.sqrt(np.mean(out**2)) > 0.1 * np.sqrt(np.mean(x**2))
+
+
+def test_blocks_and_batches_do_not_change_the_result(random_weights, monkeypatch):
+    x = drums(3.0, SR, channels=2)  # 259 frames: two windows per channel
+    node = grain(random_weights, grain=1.2)
+    whole = node(x, SR)
+    monkeypatch.setattr(grain_node, "BLOCK_FRAMES", 37)
+    monkeypatch.setattr(grain_node, "WINDOW_BATCH", 1)
+    np.testing.assert_allclose(node(x, SR), whole, atol=1e-5)
+
+
+def test_window_layout():
+    assert grain_node.window_starts(100) == [0]
+    assert grain_node.window_starts(256) == [0]
+    assert grain_node.window_starts(259) == [0, 3]
+    starts = grain_node.window_starts(1000)
+    assert starts[:3] == [0, 192, 384] and starts[-1] == 1000 - 256
+    w0 = grain_node.crossfade_weights(256, False, True, 64)
+    w1 = grain_node.crossfade_weights(256, True, True, 64)
+    torch.testing.assert_close(w0[192:] + w1[:64], torch.ones(64, dtype=torch.float64))
+
+
+def test_griffinlim_is_seeded_and_peak_limited(random_weights):
+    x = drums(1.2, SR) * 1.5
+    node = grain(random_weights, grain=1.0, reconstruction="griffinlim")
+    first, second = node(x, SR), node(x, SR)
+    assert np.array_equal(first, second)
+    assert np.abs(first).max() <= 0.95 + 1e-6
+
+
+def test_phase_keeps_the_input_when_the_model_asks_for_no_change():
+    class Identity(torch.nn.Module):
+        def forward(self, x, grain):
+            return x
+
+    x = drums(1.5, SR, channels=2)
+    out = GrainNode(Identity(), grain=1.0, rms_match=False, device="cpu")(x, SR)
+    # only bins below the model's -80 dB floor move (up to the floor the model saw): -60 dB or less
+    error_db = 20 * np.log10(np.sqrt(np.mean((out - x) ** 2)) / np.sqrt(np.mean(x**2)))
+    assert error_db < -50
+
+
+# ---- behaviour with the published model ------------------------------------------------------
+
+
+def test_no_level_steps_at_window_borders(ref_weights):
+    t = np.arange(8 * SR) / SR
+    x = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 1320 * t)).astype(np.float32)
+    out = grain(ref_weights, grain=1.5)(x, SR)
+    inner = slice(20, -20)  # away from the signal's own start and end
+    jump_in = np.abs(np.diff(frame_rms_db(x)[inner])).max()
+    jump_out = np.abs(np.diff(frame_rms_db(out)[inner])).max()
+    assert jump_out < jump_in + 0.25, (jump_in, jump_out)  # non-overlapping windows step by ~6 dB here
+
+
+def test_phase_output_follows_the_models_ask(ref_weights, reference):
+    io = np.load(reference / "grain" / "original_model_io.npz")
+    model = cakfx.load_model(ref_weights, device="cpu")
+    db = mel.power_to_db(mel.mel_power(io["input_chunk"], SR))[:, :256]
+    norm, low, high = mel.normalise_window(db)
+    with torch.inference_mode():
+        asked = mel.denormalise_window(model(norm[None, None], torch.tensor([1.5]))[0, 0], low, high)
+
+    def error(audio):
+        got = mel.power_to_db(mel.mel_power(np.asarray(audio, np.float32), SR), ref=1.0, top_db=None)
+        diff = (got[:, :256] - asked)[asked >= asked.max() - 60]
+        return float((diff - diff.mean()).abs().mean())
+
+    ours = grain(ref_weights, grain=1.5)(io["input_chunk"], SR)
+    original, _ = sf.read(reference / "grain" / "original_output_grain_+1.5_griffinlim_seed0.wav")
+    assert error(io["input_chunk"]) > 10  # the model asks for a big change ...
+    assert error(ours) < error(original) < 1.3  # ... which we follow at least as closely as the original
+
+
+def test_positive_grain_raises_flatness(ref_weights, reference):
+    from cakfx.measure import spectral_flatness
+
+    audio, _ = sf.read(reference / "audio" / "lux_excerpt_6s_mono.wav", dtype="float32")
+    audio = audio[: 2 * SR]
+    before = spectral_flatness(audio)
+    low, high = (spectral_flatness(grain(ref_weights, grain=g)(audio, SR)) for g in (0.5, 1.5))
+    assert before < low < high
+
+
+# ---- the CLI --------------------------------------------------------------------------------
+
+
+def test_cli_import_then_process_with_set(reference, tmp_path):
+    from cakfx.cli import cli
+
+    runner = CliRunner()
+    ckpt = str(reference / "grain" / "final_true_cak.pt")
+    result = runner.invoke(cli, ["weights", "import", ckpt, "--kind", "grain", "--name", "my-grain"])
+    assert result.exit_code == 0, result.output
+    listed = runner.invoke(cli, ["weights", "list"])
+    assert "my-grain" in listed.output and "cak.grain" in listed.output
+    bad = runner.invoke(cli, ["weights", "import", str(reference / "texture" / "final_wgan_grain.pt"),
+                              "--kind", "grain", "--name", "oops"])
+    assert bad.exit_code != 0 and "not a CAK grain checkpoint" in bad.output
+
+    src = tmp_path / "in"
+    src.mkdir()
+    x = drums(1.0, 48000, channels=2)
+    sf.write(src / "loop.wav", x.T, 48000, subtype="FLOAT")
+    preset = tmp_path / "grain.toml"
+    preset.write_text('[preset]\nname = "g"\n\n[[chain]]\nid = "grain"\neffect = "cak.grain"\n'
+                      'weights = "my-grain"\ngrain = 1.5\n')
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["process", str(src), "-p", str(preset), "-o", str(out), "--device", "cpu",
+                                 "--set", "grain.grain=-1.5", "-q"])
+    assert result.exit_code == 0, result.output
+    y, sr = sf.read(out / "loop.wav", dtype="float32", always_2d=True)
+    assert sr == 48000 and y.shape == x.T.shape
+    expected = grain("my-grain", grain=-1.5)(x, 48000)
+    np.testing.assert_allclose(y.T, expected, atol=1e-5)

@@ -271,11 +271,31 @@ class Trainer:
         raise NotImplementedError
 
     def batches_per_epoch(self) -> int:
+        return -(-len(self.samples) // self.settings["batch_size"])
+
+    def start_epoch(self, epoch: int) -> None:
+        """Put the models in training mode (and e.g. set the epoch's temperature)."""
+
+    def end_epoch(self) -> dict[str, float]:
+        """Extra per-epoch values for the history (e.g. the temperature)."""
+        return {}
+
+    def train_step(self, rows: list) -> dict[str, float]:
+        """One generator step (with its critic/discriminator steps) on a batch of samples."""
         raise NotImplementedError
 
     def train_epoch(self, epoch: int, bar) -> dict[str, float]:
-        """One epoch; call ``bar.update(1)``/``bar.set_postfix`` per batch; return mean losses."""
-        raise NotImplementedError
+        """One pass over ``self.samples`` in seeded random batches; mean losses per epoch."""
+        self.start_epoch(epoch)
+        totals: dict[str, float] = {}
+        batches = self.batch_indices(len(self.samples))
+        for idx in batches:
+            step = self.train_step([self.samples[i] for i in idx])
+            for k, v in step.items():
+                totals[k] = totals.get(k, 0.0) + v
+            bar.set_postfix({k: f"{v:.3f}" for k, v in list(step.items())[:2]}, refresh=False)
+            bar.update(1)
+        return {**{k: v / len(batches) for k, v in totals.items()}, **self.end_epoch()}
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict, dict]:
         """``(tensors, stats, training record extras)`` for the weights file."""

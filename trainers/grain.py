@@ -158,9 +158,6 @@ class GrainTrainer(Trainer):
     def optimisers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.opt_g, "discriminator": self.opt_d}
 
-    def batches_per_epoch(self) -> int:
-        return -(-len(self.samples) // self.settings["batch_size"])
-
     def dataset_summary(self) -> dict:
         g = [c for _, _, c in self.samples[len(self.items) :]]
         return {
@@ -179,60 +176,62 @@ class GrainTrainer(Trainer):
         win = F.pad(win, (0, frames - win.shape[-1]))
         return normalise_window(power_to_db(win))[0]
 
-    def train_epoch(self, epoch: int, bar) -> dict[str, float]:
+    def start_epoch(self, epoch: int) -> None:
         self.model.train()
         self.disc.train()
-        totals: dict[str, float] = {}
-        batches = self.batch_indices(len(self.samples))
-        bce = nn.functional.binary_cross_entropy
-        for idx in batches:
-            rows = [self.samples[i] for i in idx]
-            windows = {}
-            for a, b, _ in rows:
-                windows.setdefault(a, self.window(a))
-                if b != a:
-                    windows[b] = self.window(b)
-            x = torch.stack([windows[a] for a, _, _ in rows]).unsqueeze(1).to(self.device)
-            y = torch.stack([windows[b] for _, b, _ in rows]).unsqueeze(1).to(self.device)
-            g = torch.tensor([c for _, _, c in rows], dtype=torch.float32, device=self.device)
-            weight = torch.tensor(
-                [IDENTITY_WEIGHT if a == b else 1.0 for a, b, _ in rows], device=self.device
-            )
 
-            fake = self.model(x, g)
-            real_p, real_g = self.disc(y)
-            fake_p, _ = self.disc(fake.detach())
-            d_loss = (
-                bce(real_p, torch.ones_like(real_p))
-                + bce(fake_p, torch.zeros_like(fake_p))
-                + AUDITOR_D_WEIGHT * (g - real_g).abs().mean()
-            )
-            self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_d.step()
+    def batch(self, rows: list[tuple[int, int, float]]) -> tuple[torch.Tensor, ...]:
+        """Inputs, targets, controls and L1 weights (identity samples x5) for a batch."""
+        windows: dict[int, torch.Tensor] = {}
+        for a, b, _ in rows:
+            windows.setdefault(a, self.window(a))
+            if b != a:
+                windows[b] = self.window(b)
+        x = torch.stack([windows[a] for a, _, _ in rows]).unsqueeze(1).to(self.device)
+        y = torch.stack([windows[b] for _, b, _ in rows]).unsqueeze(1).to(self.device)
+        g = torch.tensor([c for _, _, c in rows], dtype=torch.float32, device=self.device)
+        weight = torch.tensor([IDENTITY_WEIGHT if a == b else 1.0 for a, b, _ in rows], device=self.device)
+        return x, y, g, weight
 
-            fake_p, fake_g = self.disc(fake)
-            l1 = ((fake - y).abs().mean(dim=(1, 2, 3)) * weight).mean()
-            grain_error = (g - fake_g).abs().mean()
-            g_loss = bce(fake_p, torch.ones_like(fake_p)) + L1_WEIGHT * l1 + AUDITOR_G_WEIGHT * grain_error
-            self.opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            self.opt_g.step()
-            identity = [i for i, (a, b, _) in enumerate(rows) if a == b]
-            step = {
-                "g_loss": float(g_loss.detach()),
-                "d_loss": float(d_loss.detach()),
-                "grain_error": float(grain_error.detach()),
-                "identity_loss": float((fake[identity] - y[identity]).detach().abs().mean())
-                if identity
-                else 0.0,
-                "pattern_strength": float((fake - x).detach().abs().mean()),
-            }
-            for k, v in step.items():
-                totals[k] = totals.get(k, 0.0) + v
-            bar.set_postfix(g=f"{step['g_loss']:.3f}", d=f"{step['d_loss']:.3f}", refresh=False)
-            bar.update(1)
-        return {k: v / max(1, len(batches)) for k, v in totals.items()}
+    def discriminator_step(self, y: torch.Tensor, fake: torch.Tensor, g: torch.Tensor) -> dict[str, float]:
+        """``BCE(real, 1) + BCE(fake, 0) + 5 |g - auditor(real)|``."""
+        real_p, real_g = self.disc(y)
+        fake_p, _ = self.disc(fake.detach())
+        d_loss = (
+            F.binary_cross_entropy(real_p, torch.ones_like(real_p))
+            + F.binary_cross_entropy(fake_p, torch.zeros_like(fake_p))
+            + AUDITOR_D_WEIGHT * (g - real_g).abs().mean()
+        )
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        return {"d_loss": float(d_loss.detach())}
+
+    def generator_step(self, fake, y, g, weight) -> dict[str, float]:
+        """``BCE(fake, 1) + 10 L1 (identity x5) + 20 |g - auditor(fake)|``."""
+        fake_p, fake_g = self.disc(fake)
+        l1 = ((fake - y).abs().mean(dim=(1, 2, 3)) * weight).mean()
+        grain_error = (g - fake_g).abs().mean()
+        g_loss = (
+            F.binary_cross_entropy(fake_p, torch.ones_like(fake_p))
+            + L1_WEIGHT * l1
+            + AUDITOR_G_WEIGHT * grain_error
+        )
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        return {"g_loss": float(g_loss.detach()), "grain_error": float(grain_error.detach())}
+
+    def train_step(self, rows: list[tuple[int, int, float]]) -> dict[str, float]:
+        x, y, g, weight = self.batch(rows)
+        fake = self.model(x, g)
+        d = self.discriminator_step(y, fake, g)
+        step = {**self.generator_step(fake, y, g, weight), **d}
+        identity = weight == IDENTITY_WEIGHT
+        diff = (fake - y).detach().abs()[identity]
+        step["identity_loss"] = float(diff.mean()) if diff.numel() else 0.0
+        step["pattern_strength"] = float((fake - x).detach().abs().mean())
+        return step
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict, dict]:
         tensors = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}

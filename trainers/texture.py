@@ -201,9 +201,6 @@ class TextureTrainer(Trainer):
     def optimisers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.opt_g, "critic": self.opt_c}
 
-    def batches_per_epoch(self) -> int:
-        return -(-len(self.samples) // self.settings["batch_size"])
-
     def dataset_summary(self) -> dict:
         return {"identity_samples": len(self.items), "pair_samples": len(self.pairs)}
 
@@ -236,53 +233,53 @@ class TextureTrainer(Trainer):
             ys.append(y)
         return torch.stack(xs).unsqueeze(1).to(self.device), torch.stack(ys).unsqueeze(1).to(self.device)
 
-    def train_epoch(self, epoch: int, bar) -> dict[str, float]:
+    def start_epoch(self, epoch: int) -> None:
         self.model.temperature.fill_(self.temperature(epoch))
         self.model.train()
         self.critic.train()
-        totals: dict[str, float] = {}
-        batches = self.batch_indices(len(self.samples))
-        for idx in batches:
-            rows = [self.samples[i] for i in idx]
-            x, y = self.batch(rows)
-            t = torch.tensor([c for _, _, c in rows], dtype=torch.float32, device=self.device)
-            for _ in range(self.settings["critic_steps"]):
-                with torch.no_grad():
-                    fake = self.model(x, t)
-                real_score, fake_score = self.critic(y).mean(), self.critic(fake).mean()
-                violation = (self.measured(fake) - t).abs().mean()
-                gp = self.gradient_penalty(y, fake)
-                c_loss = -(real_score - fake_score) + GP_WEIGHT * gp + VIOLATION_WEIGHT * violation
-                self.opt_c.zero_grad(set_to_none=True)
-                c_loss.backward()
-                self.opt_c.step()
-            out = self.model(x, t)
-            p = self.model.detect(x)
-            g_violation = (self.measured(out) - t).abs().mean()
-            g_loss = (
-                -self.critic(out).mean()
-                + VIOLATION_WEIGHT * g_violation
-                + L1_WEIGHT * F.l1_loss(out, y)
-                - PATTERN_WEIGHT * torch.log(p.abs().mean() + 1e-8)
-            )
-            self.opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            self.opt_g.step()
-            step = {
-                "g_loss": float(g_loss.detach()),
-                "c_loss": float(c_loss.detach()),
-                "wasserstein_d": float((real_score - fake_score).detach()),
-                "violation": float(g_violation.detach()),
-                "pattern_strength": float(p.detach().abs().mean()),
-            }
-            for k, v in step.items():
-                totals[k] = totals.get(k, 0.0) + v
-            bar.set_postfix(g=f"{step['g_loss']:.3f}", c=f"{step['c_loss']:.3f}", refresh=False)
-            bar.update(1)
-        out = {k: v / len(batches) for k, v in totals.items()}
-        out["temperature"] = float(self.model.temperature)
-        out["scale"] = self.model.scale.item()
-        return out
+
+    def end_epoch(self) -> dict[str, float]:
+        return {"temperature": float(self.model.temperature), "scale": self.model.scale.item()}
+
+    def critic_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
+        """``-(real - fake) + 10 GP + 2 |measured(fake) - t|``; updates the critic and the shared detector."""
+        with torch.no_grad():
+            fake = self.model(x, t)
+        real_score, fake_score = self.critic(y).mean(), self.critic(fake).mean()
+        violation = (self.measured(fake) - t).abs().mean()
+        gp = self.gradient_penalty(y, fake)
+        c_loss = -(real_score - fake_score) + GP_WEIGHT * gp + VIOLATION_WEIGHT * violation
+        self.opt_c.zero_grad(set_to_none=True)
+        c_loss.backward()
+        self.opt_c.step()
+        return {"c_loss": float(c_loss.detach()), "wasserstein_d": float((real_score - fake_score).detach())}
+
+    def generator_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
+        """``-fake + 2 violation + 5 L1(out, target) - 0.01 log(mean|p| + 1e-8)``."""
+        out = self.model(x, t)
+        p = self.model.detect(x)
+        violation = (self.measured(out) - t).abs().mean()
+        g_loss = (
+            -self.critic(out).mean()
+            + VIOLATION_WEIGHT * violation
+            + L1_WEIGHT * F.l1_loss(out, y)
+            - PATTERN_WEIGHT * torch.log(p.abs().mean() + 1e-8)
+        )
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        return {
+            "g_loss": float(g_loss.detach()),
+            "violation": float(violation.detach()),
+            "pattern_strength": float(p.detach().abs().mean()),
+        }
+
+    def train_step(self, rows: list[tuple[int, int, float]]) -> dict[str, float]:
+        x, y = self.batch(rows)
+        t = torch.tensor([c for _, _, c in rows], dtype=torch.float32, device=self.device)
+        for _ in range(self.settings["critic_steps"]):
+            critic = self.critic_step(x, y, t)
+        return {**self.generator_step(x, y, t), **critic}
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict, dict]:
         tensors = {

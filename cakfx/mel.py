@@ -200,3 +200,4 @@ class OverlapAdd:
         norm = self.norm[half : half + self.samples]
         out = self.out[..., half : half + self.samples]
         return torch.where(norm > 1e-11, out / norm.clamp_min(1e-11), out)
+

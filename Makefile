@@ -47,3 +47,18 @@ bench: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-in demo-out
+
+# Retrain the bundled default weights (weights/README.md) from Debian's hydrogen-drumkits,
+# fast profile on the CPU, the VariBreaks kit held out for bench/quality.py.
+HYDROGEN_KITS ?= /usr/share/hydrogen/data/drumkits
+WEIGHTS_HOME ?= build/weights-home
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+WEIGHTS_ARGS = --profile fast --seed 42 --device cpu --threads 1 --exclude 'VariBreaks/*' --out weights/
+
+.PHONY: weights
+weights: $(VENV)/.app
+	@test -d "$(HYDROGEN_KITS)" || { $(SUDO) apt-get update && $(SUDO) apt-get install -y hydrogen-drumkits; }
+	CAKFX_HOME=$(WEIGHTS_HOME) $(VENV)/bin/cakfx train texture "$(HYDROGEN_KITS)" -n cak-texture-default \
+		--epochs 24 $(WEIGHTS_ARGS)
+	CAKFX_HOME=$(WEIGHTS_HOME) $(VENV)/bin/cakfx train grain "$(HYDROGEN_KITS)" -n cak-grain-default \
+		--epochs 8 $(WEIGHTS_ARGS)

@@ -108,6 +108,8 @@ def test_registration_and_parameter_checks(random_weights):
         grain(random_weights, reconstruction="vocoder")
     with pytest.raises(CakfxError, match="unknown weights 'nope'"):
         grain("nope")
+    with pytest.raises(CakfxError, match="cakfx weights import .* --kind grain -n cak-grain-default"):
+        cakfx.create_effect("cak.grain")
 
 
 # ---- the node's contract -------------------------------------------------------------------

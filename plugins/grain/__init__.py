@@ -19,7 +19,7 @@ PARAMS = [
     Param("weights", "weights", DEFAULT_WEIGHTS, "grain model weights (a name or a .safetensors path)"),
     Param("reconstruction", "choice", "phase", "'phase': gain mask on the original STFT (fast, keeps "
           "the phase); 'griffinlim': the original's Griffin-Lim (slow)", choices=("phase", "griffinlim")),
-    Param("rms_match", "bool", True, "match the output's RMS to the input's"),
+    Param("rms_match", "bool", True, "match the output's RMS to the input's (then keep peaks <= 0.95)"),
 ]
 
 SUMMARY = "Neural grain processor: smooths (grain > 0) or roughens (grain < 0) the spectral texture"
@@ -84,7 +84,14 @@ def make_grain(grain: float = 1.0, weights: str = DEFAULT_WEIGHTS, reconstructio
     from cakfx.weights import load_weights, resolve_weights
 
     device = resolve_device(device)
-    model = load_model(load_weights(resolve_weights(weights), expect_kind=NAME), device)
+    try:
+        path = resolve_weights(weights)
+    except CakfxError as exc:
+        if weights != DEFAULT_WEIGHTS:
+            raise
+        hint = f"import the published model: cakfx weights import final_true_cak.pt --kind grain -n {weights}"
+        raise CakfxError(f"{exc}; {hint}") from None
+    model = load_model(load_weights(path, expect_kind=NAME), device)
     return GrainNode(model, grain=grain, reconstruction=reconstruction, rms_match=rms_match, device=device)
 
 

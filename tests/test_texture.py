@@ -71,10 +71,10 @@ def test_inplace_variants_match_and_reuse_storage():
     mag = torch.rand(4, 100) * 5
     n = dsp.normalise(mag.clone(), 0.0, 4.0)
     work = mag.clone()
-    assert torch.equal(dsp.normalise(work, 0.0, 4.0, inplace=True), n)
-    assert torch.equal(work, n)
+    fast = dsp.normalise(work, 0.0, 4.0, inplace=True)
+    assert fast.data_ptr() == work.data_ptr() and torch.allclose(fast, n, rtol=2e-6, atol=0)
     m = dsp.denormalise(n, 0.0, 4.0)
-    assert torch.equal(dsp.denormalise(n.clone(), 0.0, 4.0, inplace=True), m)
+    assert torch.allclose(dsp.denormalise(n.clone(), 0.0, 4.0, inplace=True), m, rtol=5e-6, atol=1e-12)
 
 
 def test_normalise_is_differentiable():

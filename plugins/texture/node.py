@@ -39,6 +39,7 @@ BINS = N_FFT // 2 + 1
 #: frames per block: small blocks keep the CPU's working set in cache; accelerators like big ones
 CPU_BLOCK = 192
 ACCEL_BLOCK = 4096
+CHUNK = 1 << 16  # samples per step of the loudness pass
 
 
 class TextureNode(EffectNode):
@@ -115,52 +116,56 @@ class TextureNode(EffectNode):
         frames = _frames(src, f0, f1, self.device) * window
         spec = torch.fft.rfft(frames)  # (C, K + 2, BINS), bins contiguous
         del frames
-        power = (spec * spec.conj()).real
-        mag = power.sqrt()
+        parts = torch.view_as_real(spec)
+        parts = parts * parts  # |X|^2 without complex abs (slow on CPU); pow(2) is slower than mul
+        mag = torch.add(parts[..., 0], parts[..., 1]).sqrt_()  # a new, contiguous tensor
+        del parts
         n = dsp.normalise(mag.clone(), self.low, self.high, self.alpha, self.gamma, inplace=True)
         missing = max(0, -f0)  # frames before the grid's frame 0: zero padding for the kernel
         if missing:
             n[:, :missing] = 0
-        out = _conv3x3(n, kernel, bias)  # frames f0+1 .. f1-1
+        new_mag = _conv3x3(n, kernel, bias)  # frames f0+1 .. f1-1
         del n
-        new_mag = dsp.denormalise(out, self.low, self.high, self.alpha, self.gamma, inplace=True)
-        spec = spec[:, 1:-1]
-        mag = mag[:, 1:-1]
-        silent = mag == 0
-        if bool(silent.any()):  # the original's angle(0) = 0: put the new magnitude on the real axis
-            spec = spec.masked_fill(silent, 1.0)
-            mag = mag.masked_fill(silent, 1.0)
-        spec = spec.mul_(new_mag.div_(mag))
+        dsp.denormalise(new_mag, self.low, self.high, self.alpha, self.gamma, inplace=True)
+        any_silent = float(mag.amin()) == 0.0
+        inner, mag = spec[:, 1:-1], mag[:, 1:-1]  # views: the context frames are dropped below
+        if any_silent:  # the original's angle(0) = 0: the new magnitude goes on the real axis
+            silent = mag == 0
+            inner.masked_fill_(silent, 1.0)
+            mag.masked_fill_(silent, 1.0)
+        inner.mul_(new_mag.div_(mag))
+        del new_mag, mag
         if missing > 1:
-            spec[:, : missing - 1] = 0
-        frames = torch.fft.irfft(spec, n=N_FFT).mul_(synthesis)  # (C, M + 3, N_FFT)
+            inner[:, : missing - 1] = 0
+        # inverse FFT of every frame (contiguous input; two frames wasted) then the inner ones
+        frames = torch.fft.irfft(spec, n=N_FFT)[:, 1:-1].mul_(synthesis)  # (C, M + 3, N_FFT)
         pieces = frames.unflatten(-1, (PIECES, HOP))
         count = m1 - m0
-        y = pieces[:, PIECES - 1 : PIECES - 1 + count, 0].clone()
-        for j in range(1, PIECES):  # fixed order, whatever the block size
-            y.add_(pieces[:, PIECES - 1 - j : PIECES - 1 - j + count, j])
+        at = [pieces[:, PIECES - 1 - j : PIECES - 1 - j + count, j] for j in range(PIECES)]
+        y = torch.add(at[0], at[1])
+        for j in range(2, PIECES):  # fixed order, whatever the block size
+            y.add_(at[j])
         for m in range(m0, min(m1, PIECES - 1)):  # chunks the first frames do not fully cover
             y[:, m - m0].mul_(first_fix[m])
         return y.flatten(-2)
 
     # -- loudness --------------------------------------------------------------------------
     def finish(self, x: np.ndarray, y: np.ndarray) -> None:
-        """RMS match then soft clip, in place on ``y``, per channel, in bounded blocks."""
+        """RMS match then soft clip, in place on ``y``, per channel, in cache-sized chunks."""
         if not (self.rms_match or self.soft_clip):
             return
-        gains = [1.0] * x.shape[0]
-        if self.rms_match:
-            for c in range(x.shape[0]):
-                rms_in, rms_out = _rms(x[c]), _rms(y[c])
-                gains[c] = float(np.clip(rms_in / rms_out, 0.1, 10.0)) if rms_out > 0 else 1.0
-        step = 1 << 20
-        for c in range(y.shape[0]):
-            for a in range(0, y.shape[1], step):
-                seg = torch.from_numpy(y[c, a : a + step])
-                if gains[c] != 1.0:
-                    seg.mul_(gains[c])
+        src, out = torch.from_numpy(x), torch.from_numpy(y)
+        for c in range(out.shape[0]):
+            gain = 1.0
+            if self.rms_match:
+                rms_in, rms_out = _rms(src[c]), _rms(out[c])
+                gain = min(max(rms_in / rms_out, 0.1), 10.0) if rms_out > 0 else 1.0
+            for a in range(0, out.shape[1], CHUNK):
+                seg = out[c, a : a + CHUNK]
                 if self.soft_clip:
-                    seg.mul_(0.95).tanh_().div_(0.95)
+                    seg.mul_(0.95 * gain).tanh_().div_(0.95)
+                elif gain != 1.0:
+                    seg.mul_(gain)
 
 
 def read_stats(stats: dict) -> tuple[float, float, float, float]:
@@ -239,9 +244,9 @@ def _windows(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return _window_cache[key]
 
 
-def _rms(x: np.ndarray) -> float:
-    total = 0.0
-    for a in range(0, x.shape[-1], 1 << 20):
-        seg = x[a : a + (1 << 20)].astype(np.float64)
-        total += float(np.dot(seg, seg))
-    return math.sqrt(total / max(x.shape[-1], 1))
+def _rms(x: torch.Tensor) -> float:
+    """Root mean square of a 1-D float32 tensor: float32 norms of chunks, summed in float64."""
+    whole = x.shape[0] // CHUNK * CHUNK
+    total = float(torch.linalg.vector_norm(x[:whole].view(-1, CHUNK), dim=-1).double().square().sum())
+    total += float(torch.linalg.vector_norm(x[whole:]).double()) ** 2
+    return math.sqrt(total / max(x.shape[0], 1))

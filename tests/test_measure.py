@@ -52,10 +52,18 @@ def test_silence_and_rms():
     assert m.rms(np.full((2, 10), 0.5)) == pytest.approx(0.5)
 
 
-def test_reference_flatness(reference):
-    audio, sr = sf.read(reference / "audio" / "lux_excerpt_6s_mono.wav", dtype="float32")
+def test_reference_flatness(reference, tmp_path):
+    from cakfx.cli import cli
+
+    excerpt = reference / "audio" / "lux_excerpt_6s_mono.wav"
+    audio, sr = sf.read(excerpt, dtype="float32")
     expected = float(np.load(reference / "grain" / "original_model_io.npz")["spectral_flatness_full_excerpt"])
     assert m.spectral_flatness(audio, sr) == pytest.approx(expected, rel=0.005)
+    result = CliRunner().invoke(cli, ["measure", str(excerpt), "--json", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "m.json").read_text())["files"][0]
+    assert row["grain"] == pytest.approx(expected, rel=0.005)
+    assert (row["sample_rate"], row["channels"], row["duration_s"]) == (44100, 1, 6.0)
 
 
 @pytest.fixture

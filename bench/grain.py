@@ -6,7 +6,7 @@
     target's peak, after removing the mean level offset; for our "phase", our
     "griffinlim" and the original pipeline's Griffin-Lim output.
 (b) seconds per audio-second of "phase" and "griffinlim" on the whole excerpt
-    (best of a few runs) and their ratio; then the same with the model replaced
+    (best of interleaved rounds) and their ratio; then the same with the model replaced
     by an identity (the reconstruction alone: both modes run the same model).
 
 Usage: .venv/bin/python bench/grain.py [--reference DIR] [--device cpu|cuda] [--repeats N]
@@ -50,14 +50,18 @@ def mel_error(audio: np.ndarray, target_db: torch.Tensor) -> float:
     return float((diff - diff.mean()).abs().mean())
 
 
-def timed(node, audio: np.ndarray, repeats: int) -> tuple[np.ndarray, float]:
-    node(audio[:SR], SR)  # warm-up
-    best = float("inf")
+def timed(nodes: dict, audio: np.ndarray, repeats: int) -> tuple[dict, dict]:
+    """Outputs and best wall-clock seconds of each node; rounds interleave the nodes so a
+    busy machine slows them alike."""
+    outputs, best = {}, dict.fromkeys(nodes, float("inf"))
+    for node in nodes.values():
+        node(audio[:SR], SR)  # warm-up
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = node(audio, SR)
-        best = min(best, time.perf_counter() - start)
-    return out, best
+        for name, node in nodes.items():
+            start = time.perf_counter()
+            outputs[name] = node(audio, SR)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return outputs, best
 
 
 class Identity(torch.nn.Module):
@@ -68,12 +72,12 @@ class Identity(torch.nn.Module):
 
 
 def main() -> None:
-    default_ref = Path(__file__).resolve().parents[2] / "shared" / "reference"
+    shared = Path(__file__).resolve().parents[2] / "shared" / "reference"
+    default_ref = Path(os.environ.get("CAKFX_REFERENCE", shared))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_ref = Path(os.environ.get("CAKFX_REFERENCE", default_ref))
     parser.add_argument("--reference", type=Path, default=default_ref)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (best is kept)")
     args = parser.parse_args()
 
     from cakfx.plugins.grain import import_checkpoint
@@ -93,18 +97,15 @@ def main() -> None:
     target = asked_db(args.reference, cakfx.load_model(weights, device="cpu"))
     seconds = audio.size / SR
 
-    results = {}
-    for mode in ("phase", "griffinlim"):
-        node = cakfx.create_effect("cak.grain", device=args.device, grain=GRAIN, weights=weights,
-                                   reconstruction=mode)
-        out, best = timed(node, audio, args.repeats if mode == "phase" else 1)
-        results[mode] = (mel_error(out, target), best / seconds)
     from cakfx.plugins.grain.node import GrainNode
 
-    recon = {}
-    for mode in ("phase", "griffinlim"):
-        node = GrainNode(Identity(), grain=GRAIN, reconstruction=mode, device=args.device)
-        recon[mode] = timed(node, audio, args.repeats if mode == "phase" else 1)[1] / seconds
+    modes = ("phase", "griffinlim")
+    nodes = {m: cakfx.create_effect("cak.grain", device=args.device, grain=GRAIN, weights=weights,
+                                    reconstruction=m) for m in modes}
+    outputs, best = timed(nodes, audio, args.repeats)
+    results = {m: (mel_error(outputs[m], target), best[m] / seconds) for m in modes}
+    bare = {m: GrainNode(Identity(), grain=GRAIN, reconstruction=m, device=args.device) for m in modes}
+    recon = {m: t / seconds for m, t in timed(bare, audio, args.repeats)[1].items()}
     original, _ = sf.read(args.reference / "grain" / "original_output_grain_+1.5_griffinlim_seed0.wav")
 
     print(f"cak.grain at grain {GRAIN:+} on {seconds:.1f} s of reference audio, device {args.device}")

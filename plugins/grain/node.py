@@ -121,26 +121,29 @@ def model_targets(model, mel_pow: torch.Tensor, grain: float) -> torch.Tensor:
     return acc / total
 
 
-def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, steps: int = REFINE_STEPS):
-    """Per-bin power gain ``G`` with ``fb @ (G * power)`` close to ``target`` (mel power).
+def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, steps: int = REFINE_STEPS,
+                produced: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-bin amplitude gain ``sqrt(G)`` with ``fb @ (G * power)`` close to ``target`` (mel power).
 
     Each step compares the mel power ``G`` produces with the target, band by
     band, and moves every bin's log gain by its bands' log ratios, weighted by
     the filterbank normalised per bin (a geometric mean, so one band asking for
     a huge boost does not swamp a bin it shares with a quiet neighbour). The
-    first step is the one-shot mask; ``steps`` more refine it. Gains stay
-    below ``MAX_GAIN_DB``.
+    first step is the one-shot mask; ``steps`` more refine it. A bin's gain
+    stays below ``MAX_GAIN_DB``. ``produced`` may pass in ``fb @ power``.
     """
     spread = (fb / fb.sum(0, keepdim=True).clamp_min(1e-12)).T  # (bins, mels), rows sum to 1
     max_log = MAX_GAIN_DB * math.log(10.0) / 10.0
     tiny = torch.finfo(power.dtype).tiny
     log_target = target.clamp_min(tiny).log()
-    log_gain = torch.zeros_like(power)
-    for _ in range(steps + 1):
-        produced = fb @ (log_gain.exp() * power)
-        log_ratio = (log_target - produced.clamp_min(tiny).log()).clamp(max=max_log)
-        log_gain = (log_gain + spread @ log_ratio).clamp(max=max_log)
-    return log_gain.exp()
+    log_gain = None
+    for step in range(steps + 1):
+        if step or produced is None:
+            produced = fb @ (power if log_gain is None else log_gain.exp() * power)
+        log_ratio = log_target - produced.clamp_min(tiny).log()
+        step_gain = spread @ log_ratio
+        log_gain = (step_gain if log_gain is None else log_gain.add_(step_gain)).clamp_(max=max_log)
+    return (0.5 * log_gain).exp_()
 
 
 class FrameBlocks:
@@ -176,15 +179,19 @@ def mel_power_blocks(blocks: FrameBlocks) -> torch.Tensor:
     return torch.cat([fb @ (spec.real.square() + spec.imag.square()) for _, spec in blocks], dim=-1)
 
 
-def phase_reconstruct(blocks: FrameBlocks, target_db: torch.Tensor) -> torch.Tensor:
-    """Apply the refined mel-target mask to the STFT (original phase) and invert, block by block."""
+def phase_reconstruct(blocks: FrameBlocks, target_db: torch.Tensor, mel_pow: torch.Tensor) -> torch.Tensor:
+    """Apply the refined mel-target mask to the STFT (original phase) and invert, block by block.
+
+    ``mel_pow`` is ``mel_power_blocks(blocks)``, ``target_db`` what the model asks for.
+    """
     x = blocks.x
     fb = mel.mel_filterbank(MODEL_SR, dtype=x.dtype, device=x.device)
     ola = mel.OverlapAdd(x.shape[:-1], x.shape[-1], device=x.device, dtype=x.dtype)
     for f0, spec in blocks:
         power = spec.real.square() + spec.imag.square()
-        gain = refine_mask(power, mel.db_to_power(target_db[..., f0 : f0 + spec.shape[-1]]), fb)
-        ola.add(spec * gain.sqrt(), f0)
+        frames = slice(f0, f0 + spec.shape[-1])
+        gain = refine_mask(power, mel.db_to_power(target_db[..., frames]), fb, produced=mel_pow[..., frames])
+        ola.add(spec * gain, f0)
     return ola.result()
 
 
@@ -230,7 +237,8 @@ class GrainNode(EffectNode):
             y = griffinlim_process(self.model, x, self.grain)
         else:
             blocks = FrameBlocks(x)
-            y = phase_reconstruct(blocks, model_targets(self.model, mel_power_blocks(blocks), self.grain))
+            mel_pow = mel_power_blocks(blocks)
+            y = phase_reconstruct(blocks, model_targets(self.model, mel_pow, self.grain), mel_pow)
         if resampled:
             y = resample(y, MODEL_SR, sample_rate, length=original.shape[-1])
         y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)

@@ -5,7 +5,9 @@ AuGAN recipe (``paper`` profile, as published):
 * every file gets a control ``c ~ U[0.1, 1.0]`` (seeded; kept as a manifest);
 * the 15 s centre segment with 2 s fades, STFT magnitude compressed
   ``l = log1p(alpha * sqrt(m))``; stats ``low``/``high`` = 0.01 % / 99.99 % points
-  of a 10 000-bin histogram of ``l`` over the whole set; ``n`` = normalised;
+  of a 10 000-bin histogram of ``l`` over the whole set (the frames of the audio
+  itself: files shorter than the segment are zero-padded, and the padding is
+  left out of the stats); ``n`` = normalised;
 * data set: each file once as an identity pair (``t = 0``), and once in a
   low -> high pair (files sorted by control, lower half paired with upper half,
   ``t = c_high - c_low``);
@@ -153,7 +155,7 @@ class TextureTrainer(Trainer):
     def cache_settings(self) -> dict:
         s = self.settings
         return {
-            "v": 1,
+            "v": 2,
             "sr": MODEL_SR,
             "n_fft": N_FFT,
             "hop": HOP,
@@ -164,18 +166,21 @@ class TextureTrainer(Trainer):
 
     def make_features(self, audio: np.ndarray, sr: int) -> dict[str, torch.Tensor]:
         mono = to_model_mono(audio, sr)
-        seg = fade_segment(
-            mono, round(self.settings["segment_s"] * MODEL_SR), round(self.settings["fade_s"] * MODEL_SR)
-        )
+        segment = round(self.settings["segment_s"] * MODEL_SR)
+        seg = fade_segment(mono, segment, round(self.settings["fade_s"] * MODEL_SR))
         mag = stft(seg).abs()
+        # frames centred inside the audio (not in the zero padding a short one-shot gets)
+        frames = min(mono.shape[-1], segment) // HOP + 1
         # float16 halves the cache; l lies in [0, ~7] where its step (<4e-3) is far below the model's noise
-        return {"compressed": compress(mag).to(torch.float16)}
+        return {"compressed": compress(mag).to(torch.float16), "frames": torch.tensor(frames)}
 
     def setup(self, items: list[Item]) -> None:
         s = self.settings
         self.items = items
         compressed = [it.features["compressed"].float() for it in items]
-        self.stats = percentile_stats(compressed)
+        self.frames = [int(it.features["frames"]) for it in items]
+        # the stats describe the audio: the zero padding of short files would drag the percentiles down
+        self.stats = percentile_stats([c[:, :f] for c, f in zip(compressed, self.frames)])
         low, high = self.stats["global_low"], self.stats["global_high"]
         span = high - low + 1e-8
         self.specs = [((c - low) / span).clamp(0, 1).pow(GAMMA) for c in compressed]
@@ -227,7 +232,8 @@ class TextureTrainer(Trainer):
             if self.settings["crop"]:
                 bins, frames = self.settings["crop"]
                 f0 = self.randint(max(0, x.shape[0] - bins))
-                t0 = self.randint(max(0, x.shape[1] - frames))
+                # start inside the audio so a short one-shot's crops are not all padding
+                t0 = self.randint(max(0, min(self.frames[a], x.shape[1]) - frames))
                 x, y = x[f0 : f0 + bins, t0 : t0 + frames], y[f0 : f0 + bins, t0 : t0 + frames]
             xs.append(x)
             ys.append(y)

@@ -13,8 +13,9 @@ training).
   flatness moves for negative and positive grain is measured and printed.
 
 Spectral change = mean |20 log10 |Y| - 20 log10 |X|| in dB over STFT bins
-within 60 dB of the input's peak (n_fft 2048, hop 512), after the effects'
-own RMS matching. Flatness = ``cakfx.measure.spectral_flatness`` (same as
+within 60 dB of the input's peak (n_fft 2048, hop 512). Each check runs twice:
+with the effects' defaults (RMS match, and texture's soft clip) and with those
+turned off (the model's own change). Flatness = ``cakfx.measure.spectral_flatness`` (same as
 ``cakfx measure``).
 """
 
@@ -49,6 +50,10 @@ def spectral_change_db(x: np.ndarray, y: np.ndarray) -> float:
     return float((dy - dx).abs()[keep].mean())
 
 
+def describe(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "effect defaults"
+
+
 def inputs(heldout: Path | None, limit: int) -> list[tuple[str, np.ndarray, int]]:
     drums = drum_loop()
     pad = chord_pad()
@@ -62,12 +67,15 @@ def inputs(heldout: Path | None, limit: int) -> list[tuple[str, np.ndarray, int]
     return items
 
 
-def texture_report(weights: str, items) -> dict:
+def texture_report(weights: str, items, **params) -> dict:
     rows, ok_bypass, ok_monotonic, ok_finite = [], True, True, True
     for label, audio, sr in items:
         changes = []
         for amount in AMOUNTS:
-            out = cakfx.create_effect("cak.texture", weights=weights, amount=amount, device="cpu")(audio, sr)
+            effect = cakfx.create_effect(
+                "cak.texture", weights=weights, amount=amount, device="cpu", **params
+            )
+            out = effect(audio, sr)
             if amount == 0:
                 ok_bypass &= bool(np.array_equal(out, audio))
             ok_finite &= bool(np.isfinite(out).all())
@@ -77,6 +85,7 @@ def texture_report(weights: str, items) -> dict:
         rows.append({"input": label, "change_db": dict(zip(map(str, AMOUNTS), changes))})
     return {
         "weights": weights,
+        "params": params,
         "rows": rows,
         "bypass": ok_bypass,
         "monotonic": ok_monotonic,
@@ -84,13 +93,15 @@ def texture_report(weights: str, items) -> dict:
     }
 
 
-def grain_report(weights: str, items) -> dict:
+def grain_report(weights: str, items, **params) -> dict:
     rows, ok_monotonic, ok_bypass = [], True, True
     for label, audio, sr in items:
         flat_in = spectral_flatness(audio, sr)
         change, flat = {}, {}
         for g in GRAINS:
-            out = cakfx.create_effect("cak.grain", weights=weights, grain=g, device="cpu")(audio, sr)
+            out = cakfx.create_effect("cak.grain", weights=weights, grain=g, device="cpu", **params)(
+                audio, sr
+            )
             if g == 0:
                 ok_bypass &= bool(np.array_equal(out, audio))
             change[g] = spectral_change_db(audio, out)
@@ -110,6 +121,7 @@ def grain_report(weights: str, items) -> dict:
     pos = [r["flatness_delta"]["1.5"] for r in rows]
     return {
         "weights": weights,
+        "params": params,
         "rows": rows,
         "bypass": ok_bypass,
         "monotonic_in_abs_grain": ok_monotonic,
@@ -141,34 +153,38 @@ def main(argv=None) -> int:
     held = sum(label.startswith("held out") for label, _, _ in items)
     print(f"inputs: 3 demo signals + {held} held-out files ({args.heldout})")
 
-    tex = texture_report(args.texture, items)
-    print(f"\ntexture ({tex['weights']}): mean |dB change| per amount")
-    print(f"{'input':40s}" + "".join(f"{a:>9g}" for a in AMOUNTS))
-    for r in tex["rows"]:
-        print(f"{r['input'][:40]:40s}" + "".join(f"{v:9.3f}" for v in r["change_db"].values()))
-    print(f"amount 0 bypass: {tex['bypass']}; monotonic over 0.25..2: {tex['monotonic']}", end="")
-    print(f"; finite at 2: {tex['finite']}")
+    report = {"texture": [], "grain": []}
+    for params in ({}, {"rms_match": False, "soft_clip": False}):
+        tex = texture_report(args.texture, items, **params)
+        report["texture"].append(tex)
+        print(f"\ntexture ({tex['weights']}, {describe(params)}): mean |dB change| per amount")
+        print(f"{'input':40s}" + "".join(f"{a:>9g}" for a in AMOUNTS))
+        for r in tex["rows"]:
+            print(f"{r['input'][:40]:40s}" + "".join(f"{v:9.3f}" for v in r["change_db"].values()))
+        print(f"amount 0 bypass: {tex['bypass']}; monotonic over 0.25..2: {tex['monotonic']}", end="")
+        print(f"; finite at 2: {tex['finite']}")
 
-    gr = grain_report(args.grain, items)
-    print(f"\ngrain ({gr['weights']}): mean |dB change| per grain")
-    print(f"{'input':40s}" + "".join(f"{g:>8g}" for g in GRAINS))
-    for r in gr["rows"]:
-        print(f"{r['input'][:40]:40s}" + "".join(f"{v:8.3f}" for v in r["change_db"].values()))
-    print("\ngrain: flatness change (output - input) per grain")
-    print(f"{'input':34s}{'in':>8s}" + "".join(f"{g:>9g}" for g in GRAINS))
-    for r in gr["rows"]:
-        print(
-            f"{r['input'][:34]:34s}{r['flatness_in']:8.4f}"
-            + "".join(f"{v:+9.4f}" for v in r["flatness_delta"].values())
-        )
-    print(f"grain 0 bypass: {gr['bypass']}; change grows with |grain|: {gr['monotonic_in_abs_grain']}")
-    for key, d in gr["flatness_direction"].items():
-        print(f"{key}: flatness up on {d['up']}, down on {d['down']} inputs (mean {d['mean']:+.4f})")
+    for params in ({}, {"rms_match": False}):
+        gr = grain_report(args.grain, items, **params)
+        report["grain"].append(gr)
+        print(f"\ngrain ({gr['weights']}, {describe(params)}): mean |dB change| per grain")
+        print(f"{'input':40s}" + "".join(f"{g:>8g}" for g in GRAINS))
+        for r in gr["rows"]:
+            print(f"{r['input'][:40]:40s}" + "".join(f"{v:8.3f}" for v in r["change_db"].values()))
+        print(f"grain: flatness change (output - input) per grain, {describe(params)}")
+        print(f"{'input':34s}{'in':>8s}" + "".join(f"{g:>9g}" for g in GRAINS))
+        for r in gr["rows"]:
+            print(
+                f"{r['input'][:34]:34s}{r['flatness_in']:8.4f}"
+                + "".join(f"{v:+9.4f}" for v in r["flatness_delta"].values())
+            )
+        print(f"grain 0 bypass: {gr['bypass']}; change grows with |grain|: {gr['monotonic_in_abs_grain']}")
+        for key, d in gr["flatness_direction"].items():
+            print(f"{key}: flatness up on {d['up']}, down on {d['down']} inputs (mean {d['mean']:+.4f})")
     if args.json:
-        args.json.write_text(json.dumps({"texture": tex, "grain": gr}, indent=1))
-    ok = (
-        tex["bypass"] and tex["monotonic"] and tex["finite"] and gr["bypass"] and gr["monotonic_in_abs_grain"]
-    )
+        args.json.write_text(json.dumps(report, indent=1))
+    ok = all(t["bypass"] and t["monotonic"] and t["finite"] for t in report["texture"])
+    ok = ok and all(g["bypass"] and g["monotonic_in_abs_grain"] for g in report["grain"])
     return 0 if ok else 1
 
 

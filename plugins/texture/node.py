@@ -80,11 +80,14 @@ class TextureNode(EffectNode):
         x = np.ascontiguousarray(audio, dtype=np.float32)
         if int(round(sample_rate)) == MODEL_SR:
             y = self.process_44k(x)
-        else:
-            x44 = resample(torch.from_numpy(x), sample_rate, MODEL_SR)
-            y44 = self.process_44k(x44.numpy())
-            del x44
-            y = resample(torch.from_numpy(y44), MODEL_SR, sample_rate, length=x.shape[-1]).numpy()
+        else:  # one channel at a time: the whole-signal resampler needs a few copies of its input
+            y = np.empty_like(x)
+            for c in range(x.shape[0]):
+                x44 = resample(torch.from_numpy(x[c : c + 1]), sample_rate, MODEL_SR)
+                y44 = self.process_44k(x44.numpy())
+                del x44
+                y[c] = resample(torch.from_numpy(y44), MODEL_SR, sample_rate, length=x.shape[-1])[0].numpy()
+                del y44
         self.finish(x, y)
         return y.astype(audio.dtype, copy=False)
 

@@ -182,6 +182,16 @@ def test_blocks_and_batches_do_not_change_the_result(random_weights, monkeypatch
     np.testing.assert_allclose(node(x, SR), whole, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_long_stereo_file_in_several_blocks(random_weights, monkeypatch):
+    x = drums(50.0, 48000, channels=2)  # > 2 blocks of frames at 44.1 kHz, many windows
+    node = grain(random_weights, grain=-1.0)
+    out = node(x, 48000)
+    assert out.shape == x.shape and np.isfinite(out).all()
+    monkeypatch.setattr(grain_node, "BLOCK_FRAMES", 700)
+    np.testing.assert_allclose(node(x, 48000), out, atol=1e-5)
+
+
 def test_window_layout():
     assert grain_node.window_starts(100) == [0]
     assert grain_node.window_starts(256) == [0]

@@ -1,11 +1,14 @@
 """``reconstruction = "griffinlim"``: the original grain pipeline's reconstruction, for comparison.
 
 As the research code did it: 3 s chunks, each with its own mel analysis and
-model run; the asked-for mel power goes back to linear power by non-negative
-least squares through the filterbank (``librosa.feature.inverse.mel_to_stft``),
-then Griffin-Lim (``librosa.griffinlim``: 32 iterations, momentum 0.99, random
-initial phase, seeded) to audio; chunks crossfade linearly over 0.5 s; then the
-RMS is matched to the input and peaks above 0.95 are scaled down to 0.95.
+model run (on all 259 frames of a chunk: the original cropped to the 256 it
+was trained on; the model is convolutional and takes any width). Each chunk's
+ask is level-matched like the phase path's windows, then goes back to linear
+power by non-negative least squares through the filterbank
+(``librosa.feature.inverse.mel_to_stft``), then Griffin-Lim
+(``librosa.griffinlim``: 32 iterations, momentum 0.99, random initial phase,
+seeded) to audio; chunks crossfade linearly over 0.5 s; the node then matches
+the RMS to the input and scales peaks above 0.95 down to 0.95.
 """
 
 from __future__ import annotations

@@ -166,11 +166,22 @@ def effects_list(as_json):
 @effects.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def effects_show(name, as_json):
+@click.option("--weights", help="With --png: the weights to analyse (default: the effect's default).")
+@click.option("--png", type=click.Path(path_type=Path), help="Draw the model's analysis picture (viz extra).")
+def effects_show(name, as_json, weights, png):
     """One effect: what it does and its parameters."""
     from cakfx.registry import get_effect
 
     spec = get_effect(name)
+    if png:
+        from cakfx.weights import load_weights, resolve_weights
+
+        if spec.analyse is None:
+            raise CakfxError(f"{spec.name} has no analysis picture")
+        ref = weights or spec.param_map["weights"].default
+        info = spec.analyse(load_weights(resolve_weights(ref), expect_kind=spec.name), png)
+        click.echo(f"wrote {info['path']} ({info['width']}x{info['height']})")
+        return
     if as_json:
         _echo_json(spec.to_dict())
         return

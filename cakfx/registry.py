@@ -30,6 +30,8 @@ class EffectSpec:
     load_model: Callable[..., Any] | None = None
     import_checkpoint: Callable[..., Any] | None = None
     takes_device: bool = False
+    # draw the model's analysis picture: analyse(weights_file, out_png) -> {"path", "width", "height"}
+    analyse: Callable[..., Any] | None = None
     # extra per-value validation (e.g. pedalboard setters); raises ValueError(param, message)
     validate: Callable[[dict], None] | None = None
     plugin: str = ""

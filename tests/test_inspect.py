@@ -73,3 +73,24 @@ def test_missing_matplotlib_says_how_to_install(loop, tmp_path, monkeypatch):
         == "Error: this needs matplotlib: install the viz extra, e.g. pip install 'cakfx[viz]'"
     )
     assert not (tmp_path / "x.png").exists()
+
+
+def test_texture_analysis_picture(tmp_path, reference):
+    imported = run(
+        "weights",
+        "import",
+        reference / "texture" / "final_wgan_grain.pt",
+        "--kind",
+        "texture",
+        "--stats",
+        reference / "texture" / "global_normalization_stats.json",
+        "--name",
+        "ref-texture",
+    )
+    assert imported.exit_code == 0, imported.output
+    out = tmp_path / "kernel.png"
+    result = run("effects", "show", "cak.texture", "--weights", "ref-texture", "--png", out)
+    assert result.exit_code == 0, result.output
+    assert png_size(out) == (1600, 900)
+    missing = run("effects", "show", "cak.texture", "--weights", "nope", "--png", out)
+    assert missing.exit_code == 1 and "unknown weights 'nope'" in missing.output

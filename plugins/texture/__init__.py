@@ -80,7 +80,15 @@ def register_effects(register):
         load_model=load_model,
         import_checkpoint=import_checkpoint,
         takes_device=True,
+        analyse=_analyse,
     )
+
+
+def _analyse(weights_file, out_png):
+    # matplotlib is optional (viz extra): import the drawing code only when asked
+    from cakfx.plugins.texture.analysis import draw
+
+    return draw(weights_file, out_png)
 
 
 __all__ = ["TextureNode", "create_texture", "import_checkpoint", "load_model"]

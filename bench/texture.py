@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--amount", type=float, default=0.8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]  # before we add our own
 
     rng = np.random.default_rng(0)
     n = int(args.seconds * SR)
@@ -101,6 +102,10 @@ def main() -> None:
     print(f"bare torch.stft -> torch.istft: {bare:.3f} s (best of {args.repeats})")
     print(f"cak.texture (rms match + soft clip): {effect:.3f} s (best of {args.repeats})")
     print(f"ratio effect / round trip: {effect / bare:.2f}  (target <= 1.5)")
+    if load > (os.cpu_count() or 1) - args.threads + 0.5:
+        # the effect runs ~50 small multi-threaded ops per block of frames: when other processes hold
+        # the cores each op waits for a descheduled thread; the round trip's few big ops do not
+        print(f"warning: load average was {load:.1f} on {os.cpu_count()} cores: contention inflates the ratio")
 
 
 if __name__ == "__main__":

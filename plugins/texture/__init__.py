@@ -8,6 +8,7 @@ from cakfx.plugins.texture.checkpoint import KIND, import_checkpoint, load_model
 from cakfx.plugins.texture.node import TextureNode
 
 from cakfx.device import resolve_device
+from cakfx.errors import CakfxError
 from cakfx.hookspecs import hookimpl
 from cakfx.params import Param
 from cakfx.weights import WeightsFile, load_weights, resolve_weights
@@ -66,7 +67,10 @@ def create_texture(
     """Build a ``TextureNode`` from a weights name or path."""
     wf = _weights(weights)
     model = model_from_tensors(wf.tensors, str(wf.path))
-    return TextureNode(model, wf.stats, amount, rms_match, soft_clip, device=resolve_device(device))
+    try:
+        return TextureNode(model, wf.stats, amount, rms_match, soft_clip, device=resolve_device(device))
+    except CakfxError as exc:
+        raise CakfxError(f"{wf.path}: {exc}") from None
 
 
 @hookimpl

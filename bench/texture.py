@@ -105,7 +105,7 @@ def main() -> None:
     if load > (os.cpu_count() or 1) - args.threads + 0.5:
         # the effect runs ~50 small multi-threaded ops per block of frames: when other processes hold
         # the cores each op waits for a descheduled thread; the round trip's few big ops do not
-        print(f"warning: load average was {load:.1f} on {os.cpu_count()} cores: contention inflates the ratio")
+        print(f"warning: load average was {load:.1f} on {os.cpu_count()} cores: contention inflates it")
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ def test_extreme_grain_stays_finite_and_at_the_input_level(random_weights):
 
 
 def test_blocks_and_batches_do_not_change_the_result(random_weights, monkeypatch):
-    x = drums(3.0, SR, channels=2)  # 259 frames: two windows per channel
+    x = drums(3.5, SR, channels=2)  # 302 frames: two windows per channel
     node = grain(random_weights, grain=1.2)
     whole = node(x, SR)
     monkeypatch.setattr(grain_node, "BLOCK_FRAMES", 37)
@@ -193,18 +193,19 @@ def test_long_stereo_file_in_several_blocks(random_weights, monkeypatch):
 
 
 def test_window_layout():
+    assert grain_node.WINDOW_FRAMES == 259  # 3 s of centred frames, as the original's chunks
     assert grain_node.window_starts(100) == [0]
-    assert grain_node.window_starts(256) == [0]
-    assert grain_node.window_starts(259) == [0, 3]
+    assert grain_node.window_starts(259) == [0]
+    assert grain_node.window_starts(262) == [0, 3]
     starts = grain_node.window_starts(1000)
-    assert starts[:3] == [0, 192, 384] and starts[-1] == 1000 - 256
-    w0 = grain_node.crossfade_weights(256, False, True, 64)
-    w1 = grain_node.crossfade_weights(256, True, True, 64)
-    torch.testing.assert_close(w0[192:] + w1[:64], torch.ones(64, dtype=torch.float64))
+    assert starts[:3] == [0, 216, 432] and starts[-1] == 1000 - 259
+    w0 = grain_node.crossfade_weights(259, False, True, 43)
+    w1 = grain_node.crossfade_weights(259, True, True, 43)
+    torch.testing.assert_close(w0[216:] + w1[:43], torch.ones(43, dtype=torch.float64))
 
 
 def test_griffinlim_is_seeded_and_peak_limited(random_weights):
-    x = drums(1.2, SR) * 1.5
+    x = drums(0.6, SR) * 1.5
     node = grain(random_weights, grain=1.0, reconstruction="griffinlim")
     first, second = node(x, SR), node(x, SR)
     assert np.array_equal(first, second)

@@ -5,14 +5,18 @@ and back to the exact input length):
 
 1. One centred STFT frame grid over the whole signal (n_fft 2048, hop 512),
    mel power through the Slaney filterbank (``cakfx.mel``).
-2. Analysis windows of 256 frames (2.97 s; the original cut 3 s = 259 frames
-   and cropped to the 256 the model was trained on: we slide 256-frame windows
-   along the one grid, so no frame is dropped), every 192 frames; the last
-   window ends on the last frame. Per window: ``power_to_db`` (ref = the
-   window's max, top_db 80), min-max to [-1, 1], the model, and back to dB
-   with the same window's min/max. That is the mel power the model asks for.
-3. Windows overlap by 64 frames (0.74 s) and their asks crossfade there
-   (raised-cosine weights, in dB), so there are no steps at window borders.
+2. Analysis windows of 3 s as the original's chunks: 259 frames (a centred
+   STFT of 3 s has 1 + 132300 // 512 frames), every 216 frames (2.5 s); the
+   last window ends on the last frame. The original cropped each chunk's 259
+   frames to the 256 the model was trained on and lost the rest; the model is
+   convolutional, so we give it all 259 and drop nothing (its output on the
+   first 256 is the same up to the last few frames' context). Per window:
+   ``power_to_db`` (ref = the window's max, top_db 80), min-max to [-1, 1],
+   the model, and back to dB with the same window's min/max: the mel power
+   the model asks for.
+3. Windows overlap by 43 frames (0.5 s, the original's crossfade) and their
+   asks crossfade there (raised-cosine weights, in dB), so there are no level
+   steps at window borders.
 4. ``"phase"`` (default): the per-band ratio target / input becomes a gain on
    the linear STFT bins (each bin takes its filters' log ratios, weighted by
    the normalised filterbank), refined ``REFINE_STEPS`` times against the mel power
@@ -42,8 +46,8 @@ from cakfx.node import EffectNode
 from cakfx.resample import resample
 from cakfx.spectral import HOP, MODEL_SR, N_FFT
 
-WINDOW_FRAMES = 256  # the model's training width
-WINDOW_HOP = 192  # -> 64 frames (0.74 s) of crossfade between neighbouring windows
+WINDOW_FRAMES = 1 + 3 * MODEL_SR // HOP  # 259 frames: 3 s, the original's chunk
+WINDOW_HOP = 216  # 2.5 s -> 43 frames (0.5 s) of crossfade between neighbouring windows
 WINDOW_BATCH = 16  # windows per model call
 BLOCK_FRAMES = 2048  # STFT frames per reconstruction block (~24 s)
 REFINE_STEPS = 3
@@ -52,8 +56,10 @@ RMS_LIMITS = (0.01, 100.0)
 PEAK = 0.95  # after the RMS match, as the original: peaks above this scale the whole output down
 
 
-def window_starts(frames: int, width: int = WINDOW_FRAMES, hop: int = WINDOW_HOP) -> list[int]:
+def window_starts(frames: int, width: int | None = None, hop: int | None = None) -> list[int]:
     """Start frames of the analysis windows: every ``hop``, the last one ending on the last frame."""
+    width = WINDOW_FRAMES if width is None else width
+    hop = WINDOW_HOP if hop is None else hop
     if frames <= width:
         return [0]
     starts = list(range(0, frames - width, hop))

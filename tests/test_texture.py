@@ -311,3 +311,41 @@ def test_cuda_matches_cpu():
     cpu = make_node(device="cpu")(x, 44100)
     gpu = make_node(device="cuda")(x, 44100)
     assert np.allclose(cpu, gpu, atol=2e-5)
+
+
+# -- CLI (synthetic weights) -------------------------------------------------------------------
+
+
+def test_cli_effects_show_documents_the_effect():
+    from click.testing import CliRunner
+
+    from cakfx.cli import cli
+
+    shown = CliRunner().invoke(cli, ["effects", "show", "cak.texture"]).output
+    for words in ("transients smear", "chorus", "amount", "rms_match", "soft_clip", "cak-texture-default"):
+        assert words in shown
+
+
+def test_cli_process_with_set_amount(weights, tmp_path):
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from cakfx.cli import cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    x = drums(0.3, channels=2, sr=48000)
+    sf.write(src / "loop.flac", x.T, 48000, subtype="PCM_24")
+    preset = tmp_path / "p.toml"
+    preset.write_text('[[chain]]\nid = "texture"\neffect = "cak.texture"\namount = 0.2\n')
+    out = tmp_path / "out"
+    args = ["process", str(src), "-p", str(preset), "-o", str(out), "--device", "cpu", "-q"]
+    result = CliRunner().invoke(cli, [*args, "--set", "texture.amount=1.5"])
+    assert result.exit_code == 0, result.output
+    got, sr = sf.read(out / "loop.flac", dtype="float32", always_2d=True)
+    assert sr == 48000 and got.shape == x.T.shape
+    decoded, _ = sf.read(src / "loop.flac", dtype="float32", always_2d=True)
+    expected = make_node(amount=1.5)(decoded.T.copy(), 48000).T
+    assert np.max(np.abs(got - expected)) < 2e-6  # 24-bit rounding
+    bad = CliRunner().invoke(cli, [*args, "--overwrite", "--set", "texture.amount=3"])
+    assert bad.exit_code != 0 and "amount" in bad.output and "Traceback" not in bad.output

@@ -187,12 +187,14 @@ def measure(inputs, csv_path, json_path):
             click.echo(f"  {failure['path']}: {failure['error']}", err=True)
 
     if csv_path is not None:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
         with open(csv_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS)
             writer.writeheader()
             writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
     if json_path is not None:
         report = {"files": rows, "skipped": [str(p) for p in skipped], "failed": failures, "summary": summary}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2))
     if failures:
         sys.exit(1)

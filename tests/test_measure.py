@@ -89,7 +89,7 @@ def test_measure_file_reads_what_is_there(folder):
 def test_measure_command(folder, tmp_path):
     from cakfx.cli import cli
 
-    out_csv, out_json = tmp_path / "m.csv", tmp_path / "m.json"
+    out_csv, out_json = tmp_path / "m.csv", tmp_path / "reports" / "m.json"  # folders are made
     result = CliRunner().invoke(cli, ["measure", str(folder), "--csv", str(out_csv), "--json", str(out_json)])
     assert result.exit_code == 1, result.output  # the corrupt file fails the run
     assert "2 measured, 1 skipped (not audio), 1 failed" in result.output

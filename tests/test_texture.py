@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -349,3 +351,33 @@ def test_cli_process_with_set_amount(weights, tmp_path):
     assert np.max(np.abs(got - expected)) < 2e-6  # 24-bit rounding
     bad = CliRunner().invoke(cli, [*args, "--overwrite", "--set", "texture.amount=3"])
     assert bad.exit_code != 0 and "amount" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.slow
+def test_memory_is_bounded_on_a_long_file(tmp_path):
+    # 10 minutes of stereo at 44.1 kHz: the effect may add its output buffer and little else
+    import subprocess
+    import sys
+
+    script = """
+import resource, numpy as np
+from cakfx.plugins.texture.checkpoint import model_from_tensors
+from cakfx.plugins.texture.node import TextureNode
+from tests.test_texture import STATS, synthetic_tensors
+n = 600 * 44100
+x = np.empty((2, n), np.float32)
+rng = np.random.default_rng(0)
+for a in range(0, n, 1 << 20):
+    x[:, a : a + (1 << 20)] = 0.1 * rng.standard_normal((2, min(1 << 20, n - a)))
+node = TextureNode(model_from_tensors(synthetic_tensors()), STATS, amount=0.8)
+node(x[:, :44100], 44100)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+y = node(x, 44100)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024 / x.nbytes)
+"""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    growth = float(done.stdout.strip().splitlines()[-1])
+    assert growth < 1.5, f"peak grew by {growth:.2f}x the input size"

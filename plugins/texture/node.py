@@ -98,7 +98,7 @@ class TextureNode(EffectNode):
         channels, length = x.shape
         out = np.empty_like(x)
         kernel, bias = self.model.effective_kernel(self.amount)
-        kernel = kernel.to(self.device, torch.float32).tolist()
+        kernel = kernel.tolist()
         window, synthesis, first_fix = _windows(self.device)
         # output chunk m holds padded samples [m*HOP, (m+1)*HOP); the signal starts at padded N_FFT//2
         first = (N_FFT // 2) // HOP

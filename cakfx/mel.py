@@ -168,6 +168,24 @@ def stft_block(padded: torch.Tensor, f0: int, f1: int, n_fft: int = N_FFT, hop: 
     return spec.reshape(*shape, *spec.shape[-2:])
 
 
+def overlap_add(spec: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windowed inverse FFTs of a block of frames, overlap-added: ``(signal, summed squared window)``.
+
+    ``signal`` spans ``(frames - 1) * hop + n_fft`` samples from the block's
+    first frame, not yet divided by the window sum.
+    """
+    frames = spec.shape[-1]
+    length = (frames - 1) * hop + n_fft
+    window = hann(n_fft, spec.device, spec.real.dtype)
+    chunks = torch.fft.irfft(spec, n=n_fft, dim=-2) * window[:, None]
+    def fold(columns):
+        return torch.nn.functional.fold(columns, (1, length), (1, n_fft), stride=(1, hop))
+
+    signal = fold(chunks.reshape(-1, n_fft, frames))
+    norm = fold(window.square()[:, None].expand(-1, frames)[None])
+    return signal.reshape(*spec.shape[:-2], length), norm.reshape(length)
+
+
 class OverlapAdd:
     """Inverse of ``stft_block``, one block of frames at a time (``torch.istft`` maths).
 
@@ -181,23 +199,15 @@ class OverlapAdd:
         total = (frame_count(samples, hop) - 1) * hop + n_fft
         self.out = torch.zeros(*shape, total, device=device, dtype=dtype)
         self.norm = torch.zeros(total, device=device, dtype=dtype)
-        self.window = hann(n_fft, device, dtype)
 
     def add(self, spec: torch.Tensor, f0: int) -> None:
-        frames = spec.shape[-1]
-        length = (frames - 1) * self.hop + self.n_fft
-        chunks = torch.fft.irfft(spec, n=self.n_fft, dim=-2) * self.window[:, None]
-        flat = chunks.reshape(-1, self.n_fft, frames)
-        fold = torch.nn.functional.fold(flat, (1, length), (1, self.n_fft), stride=(1, self.hop))
+        signal, norm = overlap_add(spec, self.n_fft, self.hop)
         start = f0 * self.hop
-        self.out[..., start : start + length] += fold.reshape(*spec.shape[:-2], length)
-        ones = self.window.square()[:, None].expand(-1, frames)[None]
-        wfold = torch.nn.functional.fold(ones, (1, length), (1, self.n_fft), stride=(1, self.hop))
-        self.norm[start : start + length] += wfold.reshape(length)
+        self.out[..., start : start + signal.shape[-1]] += signal
+        self.norm[start : start + signal.shape[-1]] += norm
 
     def result(self) -> torch.Tensor:
         half = self.n_fft // 2
         norm = self.norm[half : half + self.samples]
         out = self.out[..., half : half + self.samples]
         return torch.where(norm > 1e-11, out / norm.clamp_min(1e-11), out)
-

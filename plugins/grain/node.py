@@ -21,7 +21,11 @@ and back to the exact input length):
    the linear STFT bins (each bin takes its filters' log ratios, weighted by
    the normalised filterbank), refined ``REFINE_STEPS`` times against the mel power
    the masked spectrum really has (multiplicative update, no inverse STFT in
-   the loop), applied to the complex STFT with the original phase, inverse STFT.
+   the loop); then, once, the masked STFT is inverted, analysed again, and the
+   gain moved by the remaining log ratio (a masked STFT is not the STFT of any
+   signal, so its inverse comes out smoother than the mask: on the reference
+   excerpt this takes the mel error from 1.09 dB to 0.89 dB). The gain is
+   applied to the complex STFT with the original phase, inverse STFT.
    ``"griffinlim"``: as the original did it (``plugins/grain/griffinlim.py``).
    Each window's ask is first shifted to the input window's total mel power:
    the model shapes the spectrum, its raw level is meaningless (at grain -3
@@ -51,6 +55,8 @@ WINDOW_HOP = 216  # 2.5 s -> 43 frames (0.5 s) of crossfade between neighbouring
 WINDOW_BATCH = 16  # windows per model call
 BLOCK_FRAMES = 2048  # STFT frames per reconstruction block (~24 s)
 REFINE_STEPS = 3
+CORRECT = True  # one pass against the real output's mel power (one more inverse + forward STFT)
+CORRECTION_LIMIT_DB = 10.0  # per band: a band the mask cannot reach must not drag its bins' neighbours
 MAX_GAIN_DB = 120.0  # a bin is raised at most this much (keeps float32 finite; silence stays silent)
 RMS_LIMITS = (0.01, 100.0)
 PEAK = 0.95  # after the RMS match, as the original: peaks above this scale the whole output down
@@ -155,10 +161,14 @@ def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, ste
 class FrameBlocks:
     """``x``'s STFT on one centred frame grid, in blocks of ``BLOCK_FRAMES`` frames.
 
-    Iterating yields ``(first_frame, spectrum)``; a signal that fits in one
-    block keeps its spectrum for the next pass, longer ones recompute it
-    (bounded memory).
+    Iterating yields ``(f0, f1, e0, spectrum)``: the block is frames ``f0 ..
+    f1-1``, ``spectrum`` covers frames ``e0 ..`` with up to ``MARGIN`` more on
+    each side (what a block's output samples need from its neighbours). A
+    signal that fits in one block keeps its spectrum for the next pass, longer
+    ones recompute it (bounded memory).
     """
+
+    MARGIN = N_FFT // HOP - 1  # frames overlapping a frame on each side
 
     def __init__(self, x: torch.Tensor) -> None:
         self.x = x
@@ -172,7 +182,9 @@ class FrameBlocks:
             return
         kept = []
         for f0 in range(0, self.frames, BLOCK_FRAMES):
-            block = (f0, mel.stft_block(self.padded, f0, min(self.frames, f0 + BLOCK_FRAMES)))
+            f1 = min(self.frames, f0 + BLOCK_FRAMES)
+            e0, e1 = max(0, f0 - self.MARGIN), min(self.frames, f1 + self.MARGIN)
+            block = (f0, f1, e0, mel.stft_block(self.padded, e0, e1))
             if self.frames <= BLOCK_FRAMES:
                 kept.append(block)
             yield block
@@ -182,22 +194,68 @@ class FrameBlocks:
 def mel_power_blocks(blocks: FrameBlocks) -> torch.Tensor:
     """Mel power on the whole frame grid (small: 128 bands), computed block by block."""
     fb = mel.mel_filterbank(MODEL_SR, dtype=blocks.x.dtype, device=blocks.x.device)
-    return torch.cat([fb @ (spec.real.square() + spec.imag.square()) for _, spec in blocks], dim=-1)
+    parts = []
+    for f0, f1, e0, spec in blocks:
+        spec = spec[..., f0 - e0 : f1 - e0]
+        parts.append(fb @ (spec.real.square() + spec.imag.square()))
+    return torch.cat(parts, dim=-1)
 
 
-def phase_reconstruct(blocks: FrameBlocks, target_db: torch.Tensor, mel_pow: torch.Tensor) -> torch.Tensor:
+def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, fb: torch.Tensor,
+                 e0: int, frames: slice, samples: int) -> torch.Tensor:
+    """One correction of the amplitude ``gain`` against the mel power the output really has.
+
+    The masked spectrum is not the STFT of any signal: its inverse, analysed
+    again, comes out smoother than the mask (most in the narrow low bands and
+    where the ask changes fast). This rebuilds the block's audio once, takes its
+    mel power on ``frames`` (global frame numbers; ``spec`` starts at frame
+    ``e0`` and covers their neighbours) and moves the gain of those frames by
+    the spread log ratio target / actual, each band's ratio limited to
+    ``CORRECTION_LIMIT_DB`` (one band out of reach, e.g. empty at the input,
+    would otherwise pull up the loud bins it shares with its neighbours and
+    make a steady tone flutter). Returns the gain for ``frames``.
+    """
+    n_fft, hop = N_FFT, HOP
+    signal, norm = mel.overlap_add(spec * gain, n_fft, hop)
+    signal = torch.where(norm > 1e-11, signal / norm.clamp_min(1e-11), signal)
+    # the real output is zero outside the signal: zero the centring pad as a fresh analysis would
+    position = torch.arange(signal.shape[-1], device=signal.device) + e0 * hop
+    signal = signal * ((position >= n_fft // 2) & (position < n_fft // 2 + samples))
+    first, last = frames.start - e0, frames.stop - e0
+    again = mel.stft_block(signal, first, last, n_fft, hop)
+    actual = fb @ (again.real.square() + again.imag.square())
+    tiny = torch.finfo(actual.dtype).tiny
+    limit = CORRECTION_LIMIT_DB * math.log(10.0) / 10.0
+    log_ratio = (target.clamp_min(tiny).log() - actual.clamp_min(tiny).log()).clamp(-limit, limit)
+    spread = (fb / fb.sum(0, keepdim=True).clamp_min(1e-12)).T
+    max_log = MAX_GAIN_DB * math.log(10.0) / 20.0  # amplitude
+    log_gain = gain[..., first:last].clamp_min(tiny).log() + 0.5 * (spread @ log_ratio)
+    return log_gain.clamp_(max=max_log).exp_()
+
+
+def phase_reconstruct(blocks: FrameBlocks, target_db: torch.Tensor, mel_pow: torch.Tensor,
+                      correct: bool | None = None) -> torch.Tensor:
     """Apply the refined mel-target mask to the STFT (original phase) and invert, block by block.
 
-    ``mel_pow`` is ``mel_power_blocks(blocks)``, ``target_db`` what the model asks for.
+    ``mel_pow`` is ``mel_power_blocks(blocks)``, ``target_db`` what the model
+    asks for; ``correct`` (default ``CORRECT``) adds the ``correct_mask`` pass,
+    computed from the refined mask's output (so blocks need only their margins).
     """
     x = blocks.x
+    correct = CORRECT if correct is None else correct
     fb = mel.mel_filterbank(MODEL_SR, dtype=x.dtype, device=x.device)
     ola = mel.OverlapAdd(x.shape[:-1], x.shape[-1], device=x.device, dtype=x.dtype)
-    for f0, spec in blocks:
+    for f0, f1, e0, spec in blocks:
         power = spec.real.square() + spec.imag.square()
-        frames = slice(f0, f0 + spec.shape[-1])
-        gain = refine_mask(power, mel.db_to_power(target_db[..., frames]), fb, produced=mel_pow[..., frames])
-        ola.add(spec * gain, f0)
+        near = slice(e0, e0 + spec.shape[-1])
+        target = mel.db_to_power(target_db[..., near])
+        gain = refine_mask(power, target, fb, produced=mel_pow[..., near])
+        inner = slice(f0 - e0, f1 - e0)
+        if correct:
+            gain = correct_mask(spec, gain, target[..., inner], fb, e0, slice(f0, f1), x.shape[-1])
+        else:
+            gain = gain[..., inner]
+        ola.add(spec[..., inner] * gain, f0)
     return ola.result()
 
 

@@ -239,6 +239,25 @@ def test_blocks_equal_one_shot(block):
     assert np.max(np.abs(blocked - one_shot)) <= 1e-7
 
 
+def test_block_threads_restore_torch_threads_and_agree():
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = drums(1.0, channels=2)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = make_node()(x, 44100)  # one thread: a plain loop over blocks
+        torch.set_num_threads(2)
+        assert np.allclose(make_node()(x, 44100), serial, atol=1e-6, rtol=0)  # Python threads over blocks
+        assert torch.get_num_threads() == 2
+        with ThreadPoolExecutor(3) as pool:  # nodes in concurrent batch workers share the setting
+            outs = list(pool.map(lambda _: make_node()(x, 44100), range(3)))
+        assert all(np.allclose(o, serial, atol=1e-6, rtol=0) for o in outs)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_tail_padding_defines_the_end():
     # the last frames see n_fft zeros after the signal: appending silence must not change the output
     x = drums(0.5)

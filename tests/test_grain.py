@@ -108,6 +108,11 @@ def test_registration_and_parameter_checks(random_weights):
         grain(random_weights, reconstruction="vocoder")
     with pytest.raises(CakfxError, match="unknown weights 'nope'"):
         grain("nope")
+
+def test_missing_default_weights_say_how_to_get_them(monkeypatch, tmp_path):
+    import cakfx.weights
+
+    monkeypatch.setattr(cakfx.weights, "bundled_dir", lambda: tmp_path)  # nothing bundled, nothing imported
     with pytest.raises(CakfxError, match="cakfx weights import .* --kind grain -n cak-grain-default"):
         cakfx.create_effect("cak.grain")
 

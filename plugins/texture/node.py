@@ -117,19 +117,7 @@ class TextureNode(EffectNode):
             a, b = max(start, 0), min(start + y.shape[-1], length)
             out[:, a:b] = y[:, a - start : b - start].cpu().numpy()
 
-        starts = range(first, last + 1, self.block_frames)
-        if self.device.type != "cpu" or len(starts) < 2:
-            for m0 in starts:
-                run(m0)
-        else:
-            with serial_torch_ops() as workers:
-                if workers < 2:
-                    for m0 in starts:
-                        run(m0)
-                else:
-                    with ThreadPoolExecutor(workers, thread_name_prefix="cak.texture") as pool:
-                        for _ in pool.map(run, starts):  # re-raises a worker's exception
-                            pass
+        self._map(run, range(first, last + 1, self.block_frames))
         return out
 
     def _block(self, src, m0, m1, kernel, bias, window, synthesis, first_fix) -> torch.Tensor:
@@ -178,17 +166,36 @@ class TextureNode(EffectNode):
         if not (self.rms_match or self.soft_clip):
             return
         src, out = torch.from_numpy(x), torch.from_numpy(y)
-        for c in range(out.shape[0]):
-            gain = 1.0
-            if self.rms_match:
+        gains = [1.0] * out.shape[0]
+        if self.rms_match:
+            for c in range(out.shape[0]):
                 rms_in, rms_out = _rms(src[c]), _rms(out[c])
-                gain = min(max(rms_in / rms_out, 0.1), 10.0) if rms_out > 0 else 1.0
-            for a in range(0, out.shape[1], CHUNK):
-                seg = out[c, a : a + CHUNK]
-                if self.soft_clip:
-                    seg.mul_(0.95 * gain).tanh_().div_(0.95)
-                elif gain != 1.0:
-                    seg.mul_(gain)
+                gains[c] = min(max(rms_in / rms_out, 0.1), 10.0) if rms_out > 0 else 1.0
+
+        def run(job: tuple[int, int]) -> None:
+            c, a = job
+            seg = out[c, a : a + CHUNK]
+            if self.soft_clip:
+                seg.mul_(0.95 * gains[c]).tanh_().div_(0.95)
+            elif gains[c] != 1.0:
+                seg.mul_(gains[c])
+
+        self._map(run, [(c, a) for c in range(out.shape[0]) for a in range(0, out.shape[1], CHUNK)])
+
+    def _map(self, fn, jobs) -> None:
+        """``fn(job)`` for every job: on the CPU on Python threads with single-threaded torch ops."""
+        if self.device.type != "cpu" or len(jobs) < 2:
+            for job in jobs:
+                fn(job)
+            return
+        with serial_torch_ops() as workers:
+            if workers < 2:
+                for job in jobs:
+                    fn(job)
+                return
+            with ThreadPoolExecutor(workers, thread_name_prefix="cak.texture") as pool:
+                for _ in pool.map(fn, jobs):  # re-raises a worker's exception
+                    pass
 
 
 _threads_lock = threading.Lock()

@@ -286,6 +286,8 @@ def test_cli_import_then_process_with_set(reference, tmp_path):
     assert result.exit_code == 0, result.output
     listed = runner.invoke(cli, ["weights", "list"])
     assert "my-grain" in listed.output and "cak.grain" in listed.output
+    model = cakfx.load_model("my-grain", device="cpu")
+    assert isinstance(model, GrainProcessor) and not model.training
     bad = runner.invoke(cli, ["weights", "import", str(reference / "texture" / "final_wgan_grain.pt"),
                               "--kind", "grain", "--name", "oops"])
     assert bad.exit_code != 0 and "not a CAK grain checkpoint" in bad.output

@@ -103,9 +103,7 @@ def main() -> None:
     print(f"cak.texture (rms match + soft clip): {effect:.3f} s (best of {args.repeats})")
     print(f"ratio effect / round trip: {effect / bare:.2f}  (target <= 1.5)")
     if load > (os.cpu_count() or 1) - args.threads + 0.5:
-        # the effect runs ~50 small multi-threaded ops per block of frames: when other processes hold
-        # the cores each op waits for a descheduled thread; the round trip's few big ops do not
-        print(f"warning: load average was {load:.1f} on {os.cpu_count()} cores: contention inflates it")
+        print(f"note: load average was {load:.1f} on {os.cpu_count()} cores: times inflated, ratio noisier")
 
 
 if __name__ == "__main__":

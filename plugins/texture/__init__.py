@@ -29,20 +29,20 @@ The CAK texture processor: an 11-number Conditioning-Aware Kernel trained advers
 (AuGAN) to add the spectral texture of the training set. Each channel's STFT magnitude
 (n_fft 2048, hop 512, at 44.1 kHz; other rates are resampled and back) is log-compressed
 and normalised, a learned 3x3 time-frequency kernel adds its pattern scaled by `amount`,
-and the audio is rebuilt with the original phase.
+and the audio is rebuilt with the original phase. Every channel is processed on its own
+(the original downmixed to mono); output length and rate match the input.
 
 What it does to sound: transients smear (attacks soften and spread over neighbouring
-frames); dense mid-range material can turn chorus- or comb-like. A learned threshold gates
-the effect: below an amount of about 0.3 it is nearly off, it opens quickly above that,
-and 1.0 is the top of the trained range (up to 2 extrapolates).
+frames); dense mid-range material can turn chorus- or comb-like. The gate
+sigmoid((amount - 0.3) * 20) keeps it nearly off below about 0.3 (12 % open at 0.2, half at
+0.3) and fully open from about 0.5; 1.0 is the top of the trained range and up to 2
+extrapolates. Amount 0 returns the input unchanged, bit for bit. The loudness steps follow
+the original: each channel's RMS is matched to its input, then a soft clip
+tanh(0.95 x) / 0.95 (turn either off to keep the raw spectral change).
 
-Parameters:
-  amount     0 ... 2 (default 0.5); 0 returns the input unchanged, bit for bit.
-  weights    a weights name or .safetensors path of kind cak.texture (default
-             cak-texture-default; import the published checkpoint with
-             `cakfx weights import final_wgan_grain.pt --kind texture --stats STATS.json --name NAME`).
-  rms_match  match each channel's output RMS to its input (gain clipped to 0.1 ... 10); default true.
-  soft_clip  tanh(0.95 x) / 0.95 on the output (as the original); default true.
+Weights: the default name cak-texture-default, any weights name, or a .safetensors path
+of kind cak.texture. Import the published checkpoint with
+`cakfx weights import final_wgan_grain.pt --kind texture --stats global_normalization_stats.json --name NAME`.
 """
 
 _cache: dict[tuple[str, float], WeightsFile] = {}

@@ -258,6 +258,28 @@ def test_block_threads_restore_torch_threads_and_agree():
         torch.set_num_threads(saved)
 
 
+def test_a_failing_block_propagates_and_restores_threads(monkeypatch):
+    node = make_node(block_frames=8)
+    calls = []
+    real = node._block
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return real(*args)
+
+    monkeypatch.setattr(node, "_block", flaky)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="boom"):
+            node(drums(1.0), 44100)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_tail_padding_defines_the_end():
     # the last frames see n_fft zeros after the signal: appending silence must not change the output
     x = drums(0.5)

@@ -193,9 +193,12 @@ class TextureNode(EffectNode):
                 for job in jobs:
                     fn(job)
                 return
-            with ThreadPoolExecutor(workers, thread_name_prefix="cak.texture") as pool:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="cak.texture")
+            try:
                 for _ in pool.map(fn, jobs):  # re-raises a worker's exception
                     pass
+            finally:  # on an error or Ctrl-C, drop the blocks not started yet
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 _threads_lock = threading.Lock()

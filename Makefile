@@ -59,6 +59,6 @@ WEIGHTS_ARGS = --profile fast --seed 42 --device cpu --threads 1 --exclude 'Vari
 weights: $(VENV)/.app
 	@test -d "$(HYDROGEN_KITS)" || { $(SUDO) apt-get update && $(SUDO) apt-get install -y hydrogen-drumkits; }
 	CAKFX_HOME=$(WEIGHTS_HOME) $(VENV)/bin/cakfx train texture "$(HYDROGEN_KITS)" -n cak-texture-default \
-		--epochs 24 $(WEIGHTS_ARGS)
+		--epochs 30 $(WEIGHTS_ARGS)
 	CAKFX_HOME=$(WEIGHTS_HOME) $(VENV)/bin/cakfx train grain "$(HYDROGEN_KITS)" -n cak-grain-default \
 		--epochs 8 $(WEIGHTS_ARGS)

@@ -291,3 +291,24 @@ def test_find_audio_refuses_a_file(tmp_path):
     f.write_bytes(b"")
     with pytest.raises(CakfxError, match="not a folder"):
         find_audio(f)
+
+
+def test_paper_critic_and_discriminator_match_the_published_checkpoints(reference):
+    """The paper profile's networks have exactly the published layers (names and shapes)."""
+    from cakfx.trainers.grain import PROFILES as GRAIN
+    from cakfx.trainers.grain import Discriminator
+    from cakfx.trainers.texture import PROFILES as TEXTURE
+    from cakfx.trainers.texture import RealismCritic
+
+    from cakfx.checkpoints import load_research_checkpoint
+
+    def shapes(state):
+        return {k: tuple(v.shape) for k, v in state.items()}
+
+    critic = load_research_checkpoint(reference / "texture" / "final_wgan_grain.pt")["critic"]
+    published = {k: v for k, v in critic.items() if not k.startswith("detector.")}  # the shared detector
+    assert shapes(RealismCritic(TEXTURE["paper"]["critic_channels"]).state_dict()) == shapes(published)
+
+    disc = load_research_checkpoint(reference / "grain" / "final_true_cak.pt")["discriminator"]
+    ours = Discriminator(GRAIN["paper"]["disc_channels"], GRAIN["paper"]["auditor_channels"])
+    assert shapes(ours.state_dict()) == shapes(disc)

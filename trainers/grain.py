@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from cakfx.plugins.grain.model import GrainProcessor
-from cakfx.trainers.common import Item, Trainer, low_high_pairs, make_command, to_model_mono
+from cakfx.trainers.common import Item, Trainer, low_high_pairs, make_command, realism_net, to_model_mono
 from torch import nn
 
 from cakfx.hookspecs import hookimpl
@@ -72,21 +72,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, channels=(32, 64, 128), auditor=(8, 16, 32)) -> None:
         super().__init__()
-        c1, c2, c3 = channels
-        self.realism_net = nn.Sequential(
-            nn.Conv2d(1, c1, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
-            nn.BatchNorm2d(c2),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(c2, c3, 4, stride=2, padding=1),
-            nn.BatchNorm2d(c3),
-            nn.LeakyReLU(0.2),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(c3, 1),
-            nn.Sigmoid(),
-        )
+        self.realism_net = realism_net(channels, nn.BatchNorm2d, sigmoid=True)
         a1, a2, a3 = auditor
         self.grain_auditor = GrainAuditor(a1, a2, a3)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from cakfx.plugins.texture.dsp import ALPHA, GAMMA, compress
 from cakfx.plugins.texture.model import TEMPERATURE, TextureCAK
-from cakfx.trainers.common import Item, Trainer, low_high_pairs, make_command, to_model_mono
+from cakfx.trainers.common import Item, Trainer, low_high_pairs, make_command, realism_net, to_model_mono
 from torch import nn
 
 from cakfx.hookspecs import hookimpl
@@ -80,20 +80,7 @@ class RealismCritic(nn.Module):
 
     def __init__(self, channels: tuple[int, int, int] = (32, 64, 128)) -> None:
         super().__init__()
-        c1, c2, c3 = channels
-        self.realism_net = nn.Sequential(
-            nn.Conv2d(1, c1, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
-            nn.InstanceNorm2d(c2),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(c2, c3, 4, stride=2, padding=1),
-            nn.InstanceNorm2d(c3),
-            nn.LeakyReLU(0.2),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(c3, 1),
-        )
+        self.realism_net = realism_net(channels, nn.InstanceNorm2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.realism_net(x).squeeze(1)

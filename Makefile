@@ -4,6 +4,7 @@ VENV ?= .venv
 # A CPU build of torch is installed first so a fresh install never pulls CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+DEMO_PRESETS ?= texture-drums grain-smooth texture-grain
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
@@ -34,10 +35,10 @@ lint: $(VENV)/.dev
 demo: $(VENV)/.app
 	rm -rf demo-in
 	$(PY) -m cakfx.demo demo-in
-	$(VENV)/bin/cakfx process demo-in -p demo -o demo-out --overwrite
+	for p in $(DEMO_PRESETS); do $(VENV)/bin/cakfx process demo-in -p $$p -o demo-out/$$p --overwrite || exit 1; done
 	@echo
 	@echo "Demo input:   $(CURDIR)/demo-in"
-	@echo "Demo output:  $(CURDIR)/demo-out"
+	@echo "Demo output:  $(CURDIR)/demo-out/<preset>/  (presets: $(DEMO_PRESETS))"
 
 docs: $(VENV)/.dev
 	$(PY) -m cakfx.docs README.md

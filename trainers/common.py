@@ -390,12 +390,16 @@ def _load_checkpoint(path: Path, trainer: Trainer) -> tuple[int, list[dict]]:
             f"{path}: the checkpoint is from 'cakfx train {state.get('trainer')}' with profile "
             f"{state.get('profile')!r}, not {trainer.name!r} with {trainer.options.profile!r}"
         )
-    for key, module in trainer.modules().items():
-        module.load_state_dict(state["modules"][key])
-    for key, opt in trainer.optimisers().items():
-        opt.load_state_dict(state["optimisers"][key])
-    trainer.gen.set_state(state["generator_state"])
-    torch.set_rng_state(state["torch_rng"])
+    try:
+        for key, module in trainer.modules().items():
+            module.load_state_dict(state["modules"][key])
+        for key, opt in trainer.optimisers().items():
+            opt.load_state_dict(state["optimisers"][key])
+        trainer.gen.set_state(state["generator_state"])
+        torch.set_rng_state(state["torch_rng"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CakfxError(f"{path}: the checkpoint does not fit this recipe ({reason})") from None
     return int(state["epoch"]), list(state["history"])
 
 

@@ -312,3 +312,15 @@ def test_paper_critic_and_discriminator_match_the_published_checkpoints(referenc
     disc = load_research_checkpoint(reference / "grain" / "final_true_cak.pt")["discriminator"]
     ours = Discriminator(GRAIN["paper"]["disc_channels"], GRAIN["paper"]["auditor_channels"])
     assert shapes(ours.state_dict()) == shapes(disc)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["texture", "grain"])
+def test_paper_profile_runs_one_epoch(trainer, tmp_path, cakfx_home):
+    """The published recipes end to end (15 s texture segments are heavy on a CPU: slow)."""
+    folder = make_samples(tmp_path / "s", n=4, seconds=1.0)
+    code, out = train(trainer, folder, "--profile", "paper", name="paper")
+    assert code == 0, out
+    rec = load_weights(cakfx_home / "weights" / "paper.safetensors").training
+    assert rec["profile"] == "paper" and rec["profile_note"].startswith("published")
+    assert rec["epochs"] == 1 and all(np.isfinite(v) for v in rec["final_losses"].values())

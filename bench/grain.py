@@ -85,9 +85,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (best is kept)")
     args = parser.parse_args()
 
-    from cakfx.plugins.grain import import_checkpoint
-
     import cakfx
+    from cakfx.plugins.grain import import_checkpoint
     from cakfx.weights import save_weights
 
     # the published model, always: the figures compare with its original pipeline's output

@@ -22,12 +22,12 @@ import time
 
 import numpy as np
 import torch
-from cakfx.trainers.common import Item, Options
-from cakfx.trainers.grain import GrainTrainer
-from cakfx.trainers.texture import TextureTrainer
 
 from cakfx.demo import SR, drum_loop
 from cakfx.device import resolve_device
+from cakfx.trainers.common import Item, Options
+from cakfx.trainers.grain import GrainTrainer
+from cakfx.trainers.texture import TextureTrainer
 
 EPOCH_SAMPLES = 300  # 200 files: each once as identity, plus 100 low->high pairs
 

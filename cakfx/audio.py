@@ -12,6 +12,7 @@ import numpy as np
 import soundfile as sf
 
 from cakfx.errors import CakfxError
+from cakfx.paths import as_new_file
 
 #: extensions we try to decode; anything else in a folder is "not audio"
 AUDIO_EXTENSIONS = {
@@ -115,7 +116,7 @@ def write_audio(
     os.close(fd)
     try:
         sf.write(tmp, data, int(sample_rate), subtype=subtype, format=format)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs should look like any new file
+        as_new_file(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
@@ -123,12 +124,6 @@ def write_audio(
         if isinstance(exc, (sf.LibsndfileError, RuntimeError, ValueError, TypeError)):
             raise CakfxError(f"{path}: cannot write {format}/{subtype} ({_reason(exc)})") from None
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _reason(exc: BaseException) -> str:

@@ -21,3 +21,11 @@ def user_presets_dir() -> Path:
 
 def user_weights_dir() -> Path:
     return cakfx_home() / "weights"
+
+
+def as_new_file(path: str | os.PathLike) -> None:
+    """Give a temporary file the permissions a plain new file would get (mkstemp and
+    safetensors create them 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

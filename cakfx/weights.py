@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cakfx.errors import CakfxError
-from cakfx.paths import user_weights_dir
+from cakfx.paths import as_new_file, user_weights_dir
 
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
@@ -78,6 +78,7 @@ def save_weights(
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(clean, str(tmp), metadata=meta)
+    as_new_file(tmp)
     os.replace(tmp, path)
     return path
 

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from cakfx.plugins.grain import import_checkpoint
-from cakfx.plugins.grain import node as grain_node
-from cakfx.plugins.grain.model import GrainProcessor
-from cakfx.plugins.grain.node import GrainNode
 from click.testing import CliRunner
 
 import cakfx
 from cakfx import mel
 from cakfx.errors import CakfxError
+from cakfx.plugins.grain import import_checkpoint
+from cakfx.plugins.grain import node as grain_node
+from cakfx.plugins.grain.model import GrainProcessor
+from cakfx.plugins.grain.node import GrainNode
 from cakfx.registry import get_effect
 from cakfx.weights import load_weights, save_weights
 from tests.signals import drums, tone

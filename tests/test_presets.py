@@ -223,3 +223,15 @@ def test_install_rejects_tampered_weights(tmp_path, gain_plugin):
         dst.write(other, "weights/half.safetensors")
     with pytest.raises(cakfx.CakfxError, match="checksum mismatch"):
         install_preset(tampered)
+
+
+def test_weights_files_are_readable_like_any_new_file(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = make_gain_weights(tmp_path / "w.safetensors")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

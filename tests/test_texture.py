@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cakfx.plugins.texture import dsp
-from cakfx.plugins.texture.checkpoint import import_checkpoint, model_from_tensors
-from cakfx.plugins.texture.model import TextureCAK
-from cakfx.plugins.texture.node import TextureNode, _conv3x3
 
 import cakfx
 from cakfx.errors import CakfxError
 from cakfx.paths import user_weights_dir
+from cakfx.plugins.texture import dsp
+from cakfx.plugins.texture.checkpoint import import_checkpoint, model_from_tensors
+from cakfx.plugins.texture.model import TextureCAK
+from cakfx.plugins.texture.node import TextureNode, _conv3x3
 from cakfx.registry import effects
 from cakfx.weights import save_weights
 from tests.signals import drums, tone

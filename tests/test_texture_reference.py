@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from cakfx.plugins.texture.checkpoint import import_checkpoint
 from click.testing import CliRunner
 
 import cakfx
 from cakfx.cli import cli
 from cakfx.errors import CakfxError
 from cakfx.paths import user_weights_dir
+from cakfx.plugins.texture.checkpoint import import_checkpoint
 from cakfx.weights import load_weights, save_weights
 
 AMOUNTS = (0.3, 0.5, 0.8, 1.0)

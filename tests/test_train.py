@@ -295,12 +295,11 @@ def test_find_audio_refuses_a_file(tmp_path):
 
 def test_paper_critic_and_discriminator_match_the_published_checkpoints(reference):
     """The paper profile's networks have exactly the published layers (names and shapes)."""
+    from cakfx.checkpoints import load_research_checkpoint
     from cakfx.trainers.grain import PROFILES as GRAIN
     from cakfx.trainers.grain import Discriminator
     from cakfx.trainers.texture import PROFILES as TEXTURE
     from cakfx.trainers.texture import RealismCritic
-
-    from cakfx.checkpoints import load_research_checkpoint
 
     def shapes(state):
         return {k: tuple(v.shape) for k, v in state.items()}

@@ -25,13 +25,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cakfx.plugins.grain.model import GrainProcessor
-from cakfx.trainers.common import Item, Trainer, low_high_pairs, make_command, realism_net, to_model_mono
 from torch import nn
 
 from cakfx.hookspecs import hookimpl
 from cakfx.mel import N_MELS, mel_power, normalise_window, power_to_db
+from cakfx.plugins.grain.model import GrainProcessor
 from cakfx.spectral import HOP, MODEL_SR, N_FFT
+from cakfx.trainers.common import Item, Trainer, low_high_pairs, make_command, realism_net, to_model_mono
 
 PROFILES = {
     "paper": {

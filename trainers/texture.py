@@ -28,13 +28,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cakfx.plugins.texture.dsp import ALPHA, GAMMA, compress
-from cakfx.plugins.texture.model import TEMPERATURE, TextureCAK
-from cakfx.trainers.common import Item, Trainer, low_high_pairs, make_command, realism_net, to_model_mono
 from torch import nn
 
 from cakfx.hookspecs import hookimpl
+from cakfx.plugins.texture.dsp import ALPHA, GAMMA, compress
+from cakfx.plugins.texture.model import TEMPERATURE, TextureCAK
 from cakfx.spectral import HOP, MODEL_SR, N_FFT, stft
+from cakfx.trainers.common import Item, Trainer, low_high_pairs, make_command, realism_net, to_model_mono
 
 PROFILES = {
     "paper": {

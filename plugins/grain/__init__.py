@@ -50,9 +50,8 @@ def import_checkpoint(checkpoint_path: Path, stats_path: Path | None = None):
 
     ``stats_path`` is ignored: the grain model normalises each window itself.
     """
-    from cakfx.plugins.grain.model import GrainProcessor
-
     from cakfx.checkpoints import load_research_checkpoint
+    from cakfx.plugins.grain.model import GrainProcessor
 
     data = load_research_checkpoint(checkpoint_path)
     state = data.get("processor")
@@ -78,9 +77,8 @@ def import_checkpoint(checkpoint_path: Path, stats_path: Path | None = None):
 def make_grain(grain: float = 1.0, weights: str = DEFAULT_WEIGHTS, reconstruction: str = "phase",
                rms_match: bool = True, device=None):
     """Factory for ``cak.grain``: loads ``weights`` and builds a ``GrainNode``."""
-    from cakfx.plugins.grain.node import GrainNode
-
     from cakfx.device import resolve_device
+    from cakfx.plugins.grain.node import GrainNode
     from cakfx.weights import load_weights, resolve_weights
 
     device = resolve_device(device)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cakfx.plugins.texture.checkpoint import KIND, import_checkpoint, load_model, model_from_tensors
-from cakfx.plugins.texture.node import TextureNode
-
 from cakfx.device import resolve_device
 from cakfx.errors import CakfxError
 from cakfx.hookspecs import hookimpl
 from cakfx.params import Param
+from cakfx.plugins.texture.checkpoint import KIND, import_checkpoint, load_model, model_from_tensors
+from cakfx.plugins.texture.node import TextureNode
 from cakfx.weights import WeightsFile, load_weights, resolve_weights
 
 DEFAULT_WEIGHTS = "cak-texture-default"

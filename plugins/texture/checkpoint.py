@@ -13,10 +13,10 @@ import math
 from pathlib import Path
 
 import torch
-from cakfx.plugins.texture.model import TextureCAK
 
 from cakfx.checkpoints import load_research_checkpoint
 from cakfx.errors import CakfxError
+from cakfx.plugins.texture.model import TextureCAK
 from cakfx.weights import WeightsFile
 
 KIND = "cak.texture"

@@ -29,11 +29,11 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from cakfx.plugins.texture import dsp
-from cakfx.plugins.texture.model import TextureCAK
 
 from cakfx.errors import CakfxError
 from cakfx.node import EffectNode
+from cakfx.plugins.texture import dsp
+from cakfx.plugins.texture.model import TextureCAK
 from cakfx.resample import resample
 
 MODEL_SR = 44100

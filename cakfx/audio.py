@@ -60,6 +60,11 @@ def is_audio_path(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_EXTENSIONS
 
 
+def walk_files(folder: str | os.PathLike) -> list[Path]:
+    """Every file under ``folder``, recursive and sorted; hidden files (``.name``) left out."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
 def read_info(path: str | os.PathLike) -> AudioInfo:
     path = Path(path)
     try:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import soundfile as sf
 from tqdm import tqdm
 
-from cakfx.audio import FORMATS, AudioInfo, is_audio_path, read_audio, write_audio
+from cakfx.audio import FORMATS, AudioInfo, is_audio_path, read_audio, walk_files, write_audio
 from cakfx.errors import CakfxError
 
 
@@ -116,7 +116,7 @@ def plan(inputs, out_dir, out_format: str = "same") -> list[tuple[Path, Path | N
         if src.is_dir():
             if _inside(out_dir, src):
                 raise CakfxError(f"output folder {out_dir} is inside the input folder {src}; choose another")
-            files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+            files = walk_files(src)
             base = src
         else:
             files, base = [src], src.parent

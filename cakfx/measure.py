@@ -100,12 +100,12 @@ def measure_file(path: Path) -> dict:
 
 def find_files(inputs) -> tuple[list[Path], list[Path]]:
     """Audio files under ``inputs`` (files or folders, recursive, sorted) and the non-audio ones skipped."""
-    from cakfx.audio import is_audio_path
+    from cakfx.audio import is_audio_path, walk_files
 
     audio, skipped = [], []
     for item in inputs:
         item = Path(item)
-        candidates = sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item]
+        candidates = walk_files(item) if item.is_dir() else [item]
         for path in candidates:
             (audio if is_audio_path(path) else skipped).append(path)
     return audio, skipped

@@ -155,17 +155,7 @@ def stft_block(padded: torch.Tensor, f0: int, f1: int, n_fft: int = N_FFT, hop: 
 
     ``padded`` is ``pad_centred(x)``; the result equals ``stft(x)[..., f0:f1]``.
     """
-    seg = padded[..., f0 * hop : (f1 - 1) * hop + n_fft]
-    shape = seg.shape[:-1]
-    spec = torch.stft(
-        seg.reshape(-1, seg.shape[-1]),
-        n_fft,
-        hop_length=hop,
-        window=hann(n_fft, seg.device, seg.dtype),
-        center=False,
-        return_complex=True,
-    )
-    return spec.reshape(*shape, *spec.shape[-2:])
+    return stft(padded[..., f0 * hop : (f1 - 1) * hop + n_fft], n_fft, hop, center=False)
 
 
 def overlap_add(spec: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,15 +19,20 @@ def hann(n_fft: int = N_FFT, device=None, dtype=torch.float32) -> torch.Tensor:
     return _windows[key]
 
 
-def stft(x: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP, pad_mode: str = "constant") -> torch.Tensor:
-    """Complex STFT of ``x`` (``(..., samples)``) -> ``(..., n_fft//2+1, frames)``, centred frames."""
+def stft(
+    x: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP, pad_mode: str = "constant", center: bool = True
+) -> torch.Tensor:
+    """Complex STFT of ``x`` (``(..., samples)``) -> ``(..., n_fft//2+1, frames)``.
+
+    Frames are centred (padded with ``pad_mode``) unless ``center=False``.
+    """
     shape = x.shape[:-1]
     spec = torch.stft(
         x.reshape(-1, x.shape[-1]),
         n_fft,
         hop_length=hop,
         window=hann(n_fft, x.device, x.dtype),
-        center=True,
+        center=center,
         pad_mode=pad_mode,
         return_complex=True,
     )

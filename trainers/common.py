@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from cakfx.audio import is_audio_path, read_audio
+from cakfx.audio import is_audio_path, read_audio, walk_files
 from cakfx.errors import CakfxError
 from cakfx.paths import cakfx_home, user_presets_dir, user_weights_dir
 from cakfx.resample import resample
 from cakfx.spectral import MODEL_SR
+from cakfx.weights import sha256_file
 
 PROFILES = ("paper", "fast")
 CHECKPOINT = "checkpoint.pt"
@@ -69,7 +70,7 @@ def find_audio(folder: str | os.PathLike, exclude: tuple[str, ...] = ()) -> Foun
         raise CakfxError(f"{root}: no such folder")
     if not root.is_dir():
         raise CakfxError(f"{root}: not a folder (give the folder of samples to train on)")
-    everything = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    everything = walk_files(root)
     if not everything:
         raise CakfxError(f"{root}: the folder is empty (no files to train on)")
     kept, excluded = [], 0
@@ -87,14 +88,6 @@ def find_audio(folder: str | os.PathLike, exclude: tuple[str, ...] = ()) -> Foun
             detail += f", {excluded} excluded"
         raise CakfxError(f"{root}: no audio files found ({detail})")
     return Found(root, audio, non_audio, excluded)
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def settings_digest(settings: dict) -> str:
@@ -131,7 +124,7 @@ class FeatureCache:
         Raises ``CakfxError`` when the file cannot be read.
         """
         try:
-            digest = file_digest(path)
+            digest = sha256_file(path)
         except OSError as exc:
             raise CakfxError(f"{path}: cannot read ({exc.strerror or exc})") from None
         entry = self.folder / f"{digest[:32]}-{self.settings_key}.safetensors"

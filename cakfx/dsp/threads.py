@@ -1,0 +1,68 @@
+"""Block-parallel torch work on the CPU: Python threads, each running single-threaded torch ops.
+
+Effects split long signals into blocks of frames; each block runs dozens of small torch ops.
+With torch's own intra-op threads every op ends at an OpenMP barrier, and on a busy machine
+each barrier waits for a descheduled thread (measured: 3.2 s against 0.8 s for 2 minutes of
+stereo texture on 2 loaded cores). So on the CPU, ``parallel_map`` sets torch to one thread
+and runs the blocks on ``torch.get_num_threads()`` Python threads instead (torch ops release
+the GIL). Accelerators run the jobs in order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+_lock = threading.Lock()
+_users = 0
+_saved = 1
+
+
+@contextmanager
+def serial_torch_ops():
+    """Run torch ops single-threaded for a while; yields the thread count that was set.
+
+    Nested and concurrent users (batch ``--jobs``) share one saved setting.
+    """
+    global _users, _saved
+    with _lock:
+        if _users == 0:
+            _saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _users += 1
+        workers = _saved
+    try:
+        yield workers
+    finally:
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                torch.set_num_threads(_saved)
+
+
+def parallel_map(fn: Callable[[Any], None], jobs: Iterable, device: torch.device | str = "cpu") -> None:
+    """``fn(job)`` for every job: on the CPU on Python threads with single-threaded torch ops.
+
+    Exceptions propagate; on an error or Ctrl-C the jobs not started yet are dropped.
+    """
+    jobs = list(jobs)
+    if torch.device(device).type != "cpu" or len(jobs) < 2:
+        for job in jobs:
+            fn(job)
+        return
+    with serial_torch_ops() as workers:
+        if workers < 2:
+            for job in jobs:
+                fn(job)
+            return
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="cakfx-block")
+        try:
+            for _ in pool.map(fn, jobs):  # re-raises a worker's exception
+                pass
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -214,3 +214,12 @@ def test_mono_in_stereo_out_streams(music, mode):
     assert np.abs(out[:, lat:] - offline[:, : offline.shape[1] - lat]).max() < 1e-5
     stage.forget_measure()
     assert stream(stage, x, y_raw, [1000] * 1000).shape == y_raw.shape  # live
+
+
+def test_non_finite_raw_output_never_reaches_the_output(music):
+    y_raw = effect(music, 0.3)
+    y_raw[0, 1000:1010] = np.nan
+    y_raw[1, 5] = np.inf
+    for mode in ("match", "original", "off"):
+        assert np.isfinite(LevelStage(mode).apply(music, y_raw, SR)).all()
+        assert np.isfinite(stream(LevelStage(mode), music, y_raw, [4096] * 100)).all()

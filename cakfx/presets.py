@@ -8,6 +8,7 @@ Every validation error names the file, the chain entry (index and id) and the ke
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,7 +17,7 @@ from typing import Any
 
 from cakfx.chain import Chain
 from cakfx.errors import CakfxError
-from cakfx.paths import user_presets_dir
+from cakfx.paths import atomic_write_bytes, os_reason, user_presets_dir
 from cakfx.registry import closest, create_effect, effects, get_effect
 from cakfx.weights import resolve_weights, sha256_file
 
@@ -265,6 +266,61 @@ def build_chain(preset: Preset, device: Any = None) -> Chain:
         items.append(node)
         ids.append(entry.id)
     return Chain(items, ids)
+
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def save_preset(
+    name: str,
+    entries: list[dict[str, Any]],
+    description: str = "",
+    author: str = "",
+    folder: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Check a chain and write it as a TOML preset; return the file's path.
+
+    ``entries`` are dicts like ``[[chain]]`` tables (``effect``, optional ``id``,
+    parameters). The preset is validated exactly as ``cakfx presets validate``
+    would, then written atomically to ``folder`` (default: the user preset
+    folder), so ``cakfx process -p NAME`` can use it at once. An existing preset
+    of that name is replaced only with ``overwrite=True``.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = save_preset("warm", [{"effect": "pedalboard.Gain", "gain_db": -3.0}], folder=folder)
+    >>> path.name
+    'warm.toml'
+    """
+    import tomli_w
+
+    if not isinstance(name, str) or not _NAME_OK.match(name) or name.endswith(".toml"):
+        raise CakfxError(
+            f"preset name {name!r}: use letters, digits, '-', '_' or '.' (no path, no extension)"
+        )
+    if not isinstance(entries, (list, tuple)) or not all(isinstance(e, dict) for e in entries):
+        raise CakfxError(f"preset {name!r}: entries must be a list of tables (dicts)")
+    folder = Path(folder) if folder is not None else user_presets_dir()
+    path = folder / f"{name}.toml"
+    head: dict[str, Any] = {"name": name}
+    if description:
+        head["description"] = str(description)
+    if author:
+        head["author"] = str(author)
+    data = {"preset": head, "chain": [dict(e) for e in entries]}
+    preset = parse_preset(data, path, "user")
+    resolved_entries(preset)  # parameters, weights, pins: the same checks as validate
+    if path.exists() and not overwrite:
+        raise CakfxError(f"{path}: a preset of that name exists (pass overwrite=True to replace it)")
+    try:
+        text = tomli_w.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise CakfxError(f"preset {name!r}: cannot be written as TOML ({exc})") from None
+    try:
+        return atomic_write_bytes(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise CakfxError(f"{path}: cannot write preset ({os_reason(exc)})") from None
 
 
 def load_preset(name_or_path, device=None, overrides=None) -> Chain:

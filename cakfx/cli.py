@@ -309,13 +309,13 @@ def weights():
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def weights_list(as_json):
     """Installed weights (user folder first, then bundled)."""
-    from cakfx.weights import bundled_dir, list_weights, load_weights
+    from cakfx.weights import bundled_dir, check_weights, list_weights
 
     rows = []
     for name, path in list_weights().items():
-        try:
-            wf = load_weights(path)
-            kind, trainer = wf.kind, wf.training.get("trainer", wf.training.get("source", ""))
+        try:  # a full check, with numpy only: no torch needed to list
+            meta, _, _, training = check_weights(path)
+            kind, trainer = meta["kind"], str(training.get("trainer", training.get("source", "")))
         except CakfxError as exc:
             kind, trainer = "invalid", str(exc)
         source = "bundled" if path.parent == bundled_dir() else "user"

@@ -271,7 +271,7 @@ class BlockWriter:
         # a short ASCII name: the output's own name may be long or not UTF-8
         fd, self.tmp = tempfile.mkstemp(prefix=".cakfx-", suffix=TMP_SUFFIX, dir=path.parent)
         try:
-            self._fh = os.fdopen(fd, "w+b")
+            self._fh = _ErrorKeepingFile(os.fdopen(fd, "w+b"))
             self._file = sf.SoundFile(self._fh, "w", self.sample_rate, self.channels, subtype, format=format)
         except BaseException as exc:
             self.discard()
@@ -302,14 +302,26 @@ class BlockWriter:
             data = np.clip(data, -1.0, 1.0).astype(np.float32)
         try:
             self._file.write(data)
-        except (sf.LibsndfileError, RuntimeError) as exc:
+            if self._fh.error is not None:
+                raise self._fh.error
+        except (sf.LibsndfileError, RuntimeError, AssertionError, OSError) as exc:
+            # libsndfile reports a failed write as "System error." or a short count: the
+            # OS's own error, kept by the file object, says what happened
+            exc = self._fh.error or exc
             raise CakfxError(f"{display_path(self.path)}: cannot write ({_reason(exc)})") from None
         self.frames += block.shape[1]
 
     def commit(self) -> None:
         """Finish the file and rename it into place."""
         try:
-            self._file.close()
+            try:
+                self._file.close()
+                self._fh.flush()
+            except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+                exc = self._fh.error or exc
+                raise CakfxError(f"{display_path(self.path)}: cannot write ({_reason(exc)})") from None
+            if self._fh.error is not None:
+                raise CakfxError(f"{display_path(self.path)}: cannot write ({_reason(self._fh.error)})")
             self._fh.close()
             as_new_file(self.tmp)
             os.replace(self.tmp, self.path)
@@ -330,6 +342,25 @@ class BlockWriter:
 
 
 TMP_SUFFIX = ".cakfx-tmp"
+
+
+class _ErrorKeepingFile:
+    """A binary file for soundfile's virtual I/O that keeps the first OS error of a
+    write instead of letting it vanish inside libsndfile's callback."""
+
+    def __init__(self, f):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            return 0
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
 
 
 def write_audio(

@@ -237,8 +237,8 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
 def inspect(file, preset, out_png, sets, sweep, seconds, device):
     """Picture the effect: input, output and difference spectrograms (needs the viz extra)."""
     from cakfx.device import resolve_device
-    from cakfx.inspect import inspect_file
     from cakfx.presets import parse_set
+    from cakfx.spectrogram import inspect_file
 
     info = inspect_file(file, preset, out_png, parse_set(sets), sweep, seconds, resolve_device(device))
     click.echo(f"wrote {info['path']} ({info['width']}x{info['height']}, {info['rows']} row(s))")

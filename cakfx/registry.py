@@ -134,7 +134,16 @@ def check_params(spec: EffectSpec, params: dict, where: str = "") -> dict:
 def create_effect(name: str, *, device: Any = None, where: str = "", **params: Any) -> Any:
     """Build the effect ``name`` with validated ``params``.
 
-    Returns a node: an ``EffectNode`` or a native ``pedalboard.Plugin``.
+    Returns a node: an ``EffectNode`` or a native ``pedalboard.Plugin``. A bad value
+    is a ``CakfxError`` (a ``ValueError``) naming the parameter and its range.
+
+    >>> import cakfx
+    >>> cakfx.create_effect("pedalboard.Gain", gain_db=-6.0)
+    <pedalboard.Gain gain_db=-6 at ...>
+    >>> cakfx.create_effect("pedalboard.Reverb", room_size=2.0)
+    Traceback (most recent call last):
+    ...
+    cakfx.errors.CakfxError: room_size: 2.0 is above the maximum 1.0 (range 0 … 1)
     """
     spec = get_effect(name)
     checked = check_params(spec, params, where)

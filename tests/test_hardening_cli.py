@@ -85,3 +85,25 @@ def test_a_plugin_raising_in_register_effects_is_reported_and_skipped(capfd):
         pm.unregister(name="raising-plugin")
         failed_plugins.pop("raising-plugin", None)
         refresh()
+
+
+@pytest.mark.parametrize("module", ["cakfx", "cakfx.registry", "cakfx.batch", "cakfx.presets"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(module)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_public_api_exports_and_error_types():
+    import cakfx
+
+    assert issubclass(cakfx.CakfxError, ValueError)
+    assert cakfx.Param("x", "float").check(1) == 1.0
+    assert cakfx.hookimpl.project_name == "cakfx"
+    for name in cakfx.__all__:
+        assert getattr(cakfx, name) is not None
+    with pytest.raises(ValueError, match="finite"):
+        cakfx.Param("x", "float").check(float("nan"))

@@ -173,14 +173,14 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
     from cakfx.audio import display_path
     from cakfx.batch import check_report_path, run_batch, write_report
     from cakfx.device import resolve_device
-    from cakfx.presets import apply_overrides, build_chain, parse_set, read_preset, resolved_entries
+    from cakfx.presets import apply_overrides, build_chain, parse_set, read_preset, resolve_preset
 
     if report:
         report = check_report_path(report)  # refuse a bad path before any file is processed
     overrides = parse_set(sets)
     dev = resolve_device(device)
-    spec = apply_overrides(read_preset(preset), overrides)
-    resolved_entries(spec)  # fail fast on a bad preset, before touching any file
+    # checked once, before touching any file; every worker builds from the same result
+    spec = resolve_preset(apply_overrides(read_preset(preset), overrides))
     first_chain = [build_chain(spec, device=dev)] if not dry_run else []
 
     def chain_factory():

@@ -10,15 +10,17 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from cakfx.chain import Chain
 from cakfx.errors import CakfxError, describe_exception
 from cakfx.paths import atomic_write_bytes, is_file, os_reason, user_presets_dir
-from cakfx.registry import closest, create_effect, effects, get_effect
+from cakfx.registry import build_node, closest, effects, get_effect
 from cakfx.weights import check_shapes, check_weights, resolve_weights, sha256_file
 
 if sys.version_info >= (3, 11):
@@ -31,13 +33,14 @@ PRESET_KEYS = ("name", "description", "author", "version", "tags")
 MAX_PRESET_BYTES = 1024 * 1024  # a real preset is a few hundred bytes
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
-    """One ``[[chain]]`` table."""
+    """One ``[[chain]]`` table, as written (parameters not yet checked). Immutable:
+    overrides make a new entry."""
 
     index: int  # 1-based, as people count
     effect: str
-    params: dict[str, Any]
+    params: Mapping[str, Any]
     id: str | None = None
     sha256: str | None = None
 
@@ -45,19 +48,48 @@ class Entry:
         return f"chain entry {self.index}" + (f" (id {self.id!r})" if self.id else f" ({self.effect})")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Preset:
+    """A parsed preset file: structure checked, parameters not yet (see ``resolve_preset``)."""
+
     name: str
     path: Path
-    entries: list[Entry]
+    entries: tuple[Entry, ...]
     description: str = ""
     author: str = ""
     source: str = "path"  # path | user | bundled
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+
+@dataclass(frozen=True)
+class ResolvedEntry:
+    """A chain entry checked once: parameters validated with defaults filled in, weights
+    and paths resolved to files, pins verified. ``build_chain`` trusts it."""
+
+    entry: Entry
+    effect: str  # the registered name
+    params: Mapping[str, Any]
+    where: str  # "FILE: chain entry N (id 'x')", for errors while building
+
+
+@dataclass(frozen=True)
+class ResolvedPreset:
+    """A preset with overrides applied and every entry resolved: ready to build."""
+
+    preset: Preset
+    entries: tuple[ResolvedEntry, ...]
+
+    @property
+    def name(self) -> str:
+        return self.preset.name
+
+    @property
+    def path(self) -> Path:
+        return self.preset.path
 
 
 def bundled_dir() -> Path:
@@ -144,10 +176,16 @@ def parse_preset(data: dict, path: Path, source: str = "path") -> Preset:
             seen_ids.add(entry_id)
         if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
             raise CakfxError(f"{where}: sha256 must be a 64-character hex string")
-        entries.append(Entry(i, effect, params, entry_id, sha))
+        entries.append(Entry(i, effect, MappingProxyType(params), entry_id, sha))
     name = head.get("name") or path.stem
     return Preset(
-        str(name), path, entries, str(head.get("description", "")), str(head.get("author", "")), source, head
+        str(name),
+        path,
+        tuple(entries),
+        str(head.get("description", "")),
+        str(head.get("author", "")),
+        source,
+        MappingProxyType(dict(head)),
     )
 
 
@@ -192,6 +230,8 @@ def _find_entry(preset: Preset, ref: str, key: str) -> Entry:
 
 
 def apply_overrides(preset: Preset, overrides: dict[str, Any] | None) -> Preset:
+    """A new ``Preset`` with ``{"ID.PARAM": value}`` overrides applied (``preset`` is left
+    as it was)."""
     for key, value in (overrides or {}).items():
         ref, _, param = key.partition(".")
         entry = _find_entry(preset, ref, key)
@@ -200,7 +240,9 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any] | None) -> Preset:
             raise CakfxError(
                 f"--set {key}: {entry.effect} has no parameter {param!r}{closest(param, spec.param_map)}"
             )
-        entry.params[param] = value
+        changed = replace(entry, params=MappingProxyType({**entry.params, param: value}))
+        entries = tuple(changed if e is entry else e for e in preset.entries)
+        preset = replace(preset, entries=entries)
     return preset
 
 
@@ -208,10 +250,17 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any] | None) -> Preset:
 
 
 def resolved_entries(preset: Preset, weights_dirs: tuple[Path, ...] = ()) -> list[tuple[Entry, dict]]:
-    """Check every entry; return (entry, parameters ready for the factory).
+    """(entry, parameters ready for the factory) for every entry (see ``resolve_preset``)."""
+    return [(r.entry, dict(r.params)) for r in resolve_preset(preset, weights_dirs).entries]
 
-    Weights and path parameters are resolved relative to the preset file;
-    ``sha256`` pins are checked against the weights file.
+
+def resolve_preset(preset: Preset, weights_dirs: tuple[Path, ...] = ()) -> ResolvedPreset:
+    """Check every entry once and return the immutable ``ResolvedPreset``.
+
+    Parameters are validated (types, ranges, finite numbers) with defaults filled in;
+    weights and path parameters are resolved relative to the preset file, weights files
+    fully checked, and ``sha256`` pins verified. ``weights_dirs`` are searched first for
+    weights names (an archive being installed).
     """
     from cakfx.registry import check_params
 
@@ -240,8 +289,8 @@ def resolved_entries(preset: Preset, weights_dirs: tuple[Path, ...] = ()) -> lis
                     f"{where}: weights checksum mismatch for {weights_path.name} "
                     f"(preset pins {entry.sha256[:12]}…, file is {actual[:12]}…)"
                 )
-        out.append((entry, params))
-    return out
+        out.append(ResolvedEntry(entry, spec.name, MappingProxyType(params), where))
+    return ResolvedPreset(preset, tuple(out))
 
 
 def check_effect_weights(spec, path: Path, where: str = "") -> None:
@@ -275,19 +324,16 @@ def _resolve_weights(ref: str, folder: Path, extra_dirs: tuple[Path, ...], where
 def validate_preset(ref: str | os.PathLike, overrides: dict | None = None) -> Preset:
     """Read and fully check a preset without loading any model."""
     preset = apply_overrides(read_preset(ref), overrides)
-    resolved_entries(preset)
+    resolve_preset(preset)
     return preset
 
 
-def build_chain(preset: Preset, device: Any = None) -> Chain:
-    items, ids = [], []
-    for entry, params in resolved_entries(preset):
-        where = f"{preset.path}: {entry.label()}"
-        spec = get_effect(entry.effect)
-        node = create_effect(spec.name, device=device, where=where, **params)
-        items.append(node)
-        ids.append(entry.id)
-    return Chain(items, ids)
+def build_chain(preset: Preset | ResolvedPreset, device: Any = None) -> Chain:
+    """The ``Chain`` of a preset; a ``ResolvedPreset`` is built as it is, without checking
+    it again (so a batch resolves once and builds one chain per worker)."""
+    resolved = preset if isinstance(preset, ResolvedPreset) else resolve_preset(preset)
+    items = [build_node(get_effect(r.effect), dict(r.params), device, r.where) for r in resolved.entries]
+    return Chain(items, [r.entry.id for r in resolved.entries])
 
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -350,4 +396,4 @@ def load_preset(name_or_path, device=None, overrides=None) -> Chain:
     if isinstance(overrides, (list, tuple)):
         overrides = parse_set(overrides)
     preset = apply_overrides(read_preset(name_or_path), overrides)
-    return build_chain(preset, device=device)
+    return build_chain(resolve_preset(preset), device=device)

@@ -146,11 +146,16 @@ def create_effect(name: str, *, device: Any = None, where: str = "", **params: A
     cakfx.errors.CakfxError: room_size: 2.0 is above the maximum 1.0 (range 0 … 1)
     """
     spec = get_effect(name)
-    checked = check_params(spec, params, where)
+    return build_node(spec, check_params(spec, params, where), device, where)
+
+
+def build_node(spec: EffectSpec, checked: dict[str, Any], device: Any = None, where: str = "") -> Any:
+    """Call ``spec``'s factory with parameters that ``check_params`` already accepted."""
+    kwargs = dict(checked)
     if spec.takes_device:
-        checked["device"] = device
+        kwargs["device"] = device
     try:
-        return spec.factory(**checked)
+        return spec.factory(**kwargs)
     except CakfxError as exc:
         if where and not str(exc).startswith(where):
             raise CakfxError(f"{where}: {exc}") from None

@@ -18,7 +18,7 @@ from cakfx.errors import CakfxError, describe_exception
 from cakfx.paths import atomic_write_bytes, user_presets_dir, user_weights_dir
 from cakfx.presets import parse_preset, read_preset, resolved_entries, tomllib
 from cakfx.registry import effects, get_effect
-from cakfx.weights import load_weights, sha256_file
+from cakfx.weights import check_weights, sha256_file
 
 WEIGHTS_FOLDER = "weights"
 
@@ -34,7 +34,8 @@ def export_preset(ref: str, out_file: str | Path) -> dict:
             ptype = spec.param_map[name].type
             if ptype == "weights":
                 path = Path(value)
-                wname = load_weights(path).name
+                meta = check_weights(path)[0]
+                wname = meta.get("name") or path.name.removesuffix(".safetensors")
                 if wname in weights and weights[wname] != path:
                     raise CakfxError(f"{preset.path}: two different weights files are both named {wname!r}")
                 weights[wname] = path

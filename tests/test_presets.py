@@ -262,3 +262,18 @@ def test_save_preset_writes_a_preset_that_process_can_use(tmp_path):
         save_preset("../escape", [{"effect": "pedalboard.Gain"}])
     assert not (user_presets_dir() / "bad.toml").exists()
     assert not list(user_presets_dir().glob("*.cakfx-tmp"))
+
+
+def test_overrides_make_a_new_preset_and_resolution_happens_once():
+    from cakfx.presets import ResolvedPreset, apply_overrides, build_chain, read_preset, resolve_preset
+
+    original = read_preset("demo")
+    changed = apply_overrides(original, {"room.wet_level": 0.3})
+    assert changed is not original
+    assert original.entries[2].params["wet_level"] == 0.15 and changed.entries[2].params["wet_level"] == 0.3
+    with pytest.raises(TypeError):
+        original.entries[2].params["wet_level"] = 1.0  # immutable
+    resolved = resolve_preset(changed)
+    assert isinstance(resolved, ResolvedPreset) and resolved.entries[2].params["room_size"] == 0.2
+    chain = build_chain(resolved)
+    assert chain[2].wet_level == pytest.approx(0.3)

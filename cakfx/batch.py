@@ -169,7 +169,7 @@ def process_file(
         raise CakfxError(f"{where}: output would overwrite the input")
     reader = BlockReader(in_path)
     info = reader.info
-    if info.frames == 0 and info.format not in ("MPEG", "OGG"):
+    if info.frames == 0 and info.format not in ("MP3", "MPEG", "OGG"):
         raise CakfxError(f"{where}: no audio frames")
     warnings = []
     declared = header_frames(in_path, info)

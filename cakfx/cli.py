@@ -436,7 +436,7 @@ def weights_import(checkpoint, kind, name, stats, force):
     """Convert an original research checkpoint (.pt) to safetensors, without unpickling code."""
     from cakfx.paths import user_weights_dir
     from cakfx.registry import get_effect
-    from cakfx.weights import save_weights
+    from cakfx.weights import bundled_dir, save_weights
 
     spec = get_effect(f"cak.{kind}")
     if spec.import_checkpoint is None:
@@ -444,6 +444,8 @@ def weights_import(checkpoint, kind, name, stats, force):
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise CakfxError(f"bad weights name {name!r}: use letters, digits, '-', '_' and '.'")
     target = user_weights_dir() / f"{name}.safetensors"
+    if (bundled_dir() / target.name).exists() and not force:
+        raise CakfxError(f"weights {name!r} would shadow the bundled weights of that name (use --force)")
     if target.exists() and not force:
         raise CakfxError(f"weights {name!r} already exist at {target} (use --force to replace)")
     tensors, stats_data, training = spec.import_checkpoint(checkpoint, stats)

@@ -238,6 +238,10 @@ def test_3_install_refuses_to_shadow_bundled_weights_and_presets(tmp_path):
     result = run("presets", "install", archive)
     assert result.exit_code == 1 and "would shadow the bundled preset" in result.output
     assert run("presets", "install", archive, "--force").exit_code == 0
+    ckpt = tmp_path / "x.pt"
+    ckpt.write_bytes(b"not read: refused by name first")
+    result = run("weights", "import", ckpt, "--kind", "texture", "--name", "cak-texture-default")
+    assert result.exit_code == 1 and "would shadow the bundled weights" in result.output
 
 
 def test_3_install_checks_weights_fit_the_model(tmp_path):

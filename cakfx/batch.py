@@ -269,6 +269,10 @@ def plan(
             if problems is not None:
                 problems.extend(found_problems)
             base = src
+        elif not src.is_file():  # a FIFO or device named on the command line would block the read
+            if problems is not None:
+                problems.append((src, "not a regular file"))
+            continue
         else:
             files, base = [src], src.parent
         for f in files:

@@ -321,6 +321,8 @@ def test_5_unreadable_folders_special_files_broken_links_and_truncation_are_visi
     truncated = next(f for f in data["files"] if f["input"].endswith("truncated.wav"))
     assert truncated["warnings"] and "truncated: the header says 44100 frames" in truncated["warnings"][0]
     assert "4 skipped" in result.output and "warning: " in result.output
+    named = run("process", src / "pipe.wav", src / "good.wav", "-p", preset, "-o", tmp_path / "o2", "-q")
+    assert named.exit_code == 1 and "skipped: " in named.output and "not a regular file" in named.output
 
 
 # ---- 6. validate opens weights; install refuses paths outside ---------------------------------

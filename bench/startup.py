@@ -19,6 +19,7 @@ import tempfile
 import time
 
 COMMANDS = {
+    "python -c pass": [sys.executable, "-c", "pass"],  # the interpreter's own start-up: the floor
     "import pedalboard": [sys.executable, "-c", "import pedalboard"],
     "cakfx --help": [sys.executable, "-m", "cakfx", "--help"],
     "cakfx presets list": [sys.executable, "-m", "cakfx", "presets", "list"],

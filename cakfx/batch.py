@@ -34,6 +34,7 @@ class FileResult:
     channels: int | None = None
     format: str | None = None
     subtype: str | None = None
+    worker: str | None = None  # which Ray worker processed it (--executor ray)
 
 
 @dataclass
@@ -155,11 +156,13 @@ def run_batch(
     jobs: int = 1,
     progress: bool = True,
     on_result: Callable[[FileResult], None] | None = None,
+    executor: Any = None,
 ) -> BatchReport:
     """Process every audio file under ``inputs`` into ``out_dir``.
 
     ``chain_factory()`` builds a chain; with ``jobs > 1`` each worker thread
-    builds its own (effects keep state such as reverb tails).
+    builds its own (effects keep state such as reverb tails). An ``executor``
+    (:mod:`cakfx.executors`) processes the planned files instead; ``chain_factory`` is unused.
     """
     if out_format != "same" and out_format not in FORMATS:
         raise CakfxError(f"unknown format {out_format!r} (choose same, {', '.join(FORMATS)})")
@@ -211,7 +214,9 @@ def run_batch(
 
     bar = tqdm(total=len(todo), unit="file", disable=not progress, desc="processing", dynamic_ncols=True)
     try:
-        if jobs <= 1:
+        if executor is not None:  # e.g. Ray actors; planning and the report stay here
+            executor.run(todo, out_format, lambda result: _record(report, result, bar, on_result))
+        elif jobs <= 1:
             results = (work(p) for p in todo)
             for result in results:
                 _record(report, result, bar, on_result)

@@ -56,7 +56,48 @@ def _echo_json(data) -> None:
     "--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64), help="Files in parallel."
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_run, report, jobs, quiet):
+# ---- --executor ray (cakfx.executors.ray) ----
+@click.option(
+    "--executor",
+    default="local",
+    show_default=True,
+    type=click.Choice(["local", "ray"]),
+    help="Where files are processed: local threads, or Ray actors (the cakfx[ray] extra).",
+)
+@click.option("--address", help="Ray cluster: auto, ray://HOST:10001 or HOST:PORT (default: start one).")
+@click.option("--workers", type=click.IntRange(1), help="Ray workers (default: as the cluster allows).")
+@click.option("--cpus-per-worker", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option(
+    "--gpus-per-worker",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Fractional GPUs per Ray worker, e.g. 0.25 packs four on one GPU.",
+)
+@click.option(
+    "--shared-storage",
+    is_flag=True,
+    help="Ray workers read and write the paths themselves (all see the same storage).",
+)
+def process(
+    inputs,
+    preset,
+    out_dir,
+    sets,
+    device,
+    out_format,
+    overwrite,
+    dry_run,
+    report,
+    jobs,
+    quiet,
+    executor,
+    address,
+    workers,
+    cpus_per_worker,
+    gpus_per_worker,
+    shared_storage,
+):
     """Process audio files and folders (recursively) through a preset's chain.
 
     The output tree mirrors the input tree; each file keeps its sample rate,
@@ -71,7 +112,12 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
     dev = resolve_device(device)
     spec = apply_overrides(read_preset(preset), overrides)
     resolved_entries(spec)  # fail fast on a bad preset, before touching any file
-    first_chain = [build_chain(spec, device=dev)]
+    runner = None
+    if executor == "ray" and not dry_run:  # workers build their own chains from the shipped preset
+        from cakfx.executors.ray import RayExecutor
+
+        runner = RayExecutor(spec, address, workers, cpus_per_worker, gpus_per_worker, device, shared_storage)
+    first_chain = [] if runner else [build_chain(spec, device=dev)]
 
     def chain_factory():
         # the first worker reuses the chain built up front; others get their own
@@ -93,6 +139,7 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
         jobs=jobs,
         progress=not quiet and not dry_run,
         on_result=on_result,
+        executor=runner,
     )
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +149,7 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
             output=str(out_dir),
             device=str(dev),
             overrides=overrides,
+            executor=runner.describe() if runner else {"executor": "local", "jobs": jobs},
         )
         report.write_text(json.dumps(data, indent=2))
     ok, exists, failed = result.count("ok"), result.count("exists"), result.failed

@@ -36,8 +36,6 @@ from click.testing import CliRunner
 from cakfx.cli import cli
 from tests.signals import drums, tone
 
-pytestmark = pytest.mark.slow
-
 PORT = 6379  # the namespace is private, so the default port is free
 PRESET = ["-p", "texture-drums", "--set", "texture.amount=0.5"]
 # (relative path, sample rate, channels, format, subtype, seconds)
@@ -188,6 +186,23 @@ class Cluster:
         self.holder.wait()
 
 
+def test_packed_preset_builds_the_same_chain_in_another_home(tmp_path, monkeypatch):
+    """What a worker does with the shipped archive, without Ray: same chain, same output."""
+    from cakfx.executors.ray import install_packed, pack_preset
+    from cakfx.presets import apply_overrides, build_chain, parse_set, read_preset
+
+    preset = apply_overrides(read_preset("texture-drums"), parse_set(["texture.amount=0.9"]))
+    archive = pack_preset(preset)
+    x = drums(1.0, channels=2)
+    expected = build_chain(preset)(x, 44100)
+    monkeypatch.setenv("CAKFX_HOME", str(tmp_path / "driver-home-is-not-here"))
+    (tmp_path / "worker").mkdir()
+    chain = install_packed(archive, tmp_path / "worker")
+    assert chain["texture"].amount == 0.9  # the override travelled (the preset says 0.7)
+    np.testing.assert_array_equal(chain(x, 44100), expected)
+    assert not np.allclose(expected, x)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     reason = _namespaces_work()
@@ -251,6 +266,7 @@ def by_input(report: Path) -> dict[str, dict]:
     return {Path(f["input"]).name: f for f in json.loads(report.read_text())["files"]}
 
 
+@pytest.mark.slow
 def test_ray_run_equals_local_run_and_resumes(cluster, tmp_path):
     lib = make_library(tmp_path / "lib")
     before = digests(lib)
@@ -299,6 +315,7 @@ def test_ray_run_equals_local_run_and_resumes(cluster, tmp_path):
     assert digests(tmp_path / "shared") == digests(tmp_path / "local")
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_run_costs_no_file(cluster, tmp_path):
     files = [(f"long/{i:02d}.wav", 44100, 2, "WAV", "PCM_16", 4.0) for i in range(12)]
     lib = make_library(tmp_path / "lib", files, extras=False)
@@ -374,6 +391,7 @@ def _repack(archive: bytes, change) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.slow
 def test_missing_or_altered_weights_on_workers_is_one_clear_error(cluster, tmp_path, cakfx_home):
     from cakfx.executors.ray import pack_preset
     from cakfx.presets import read_preset

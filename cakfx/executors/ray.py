@@ -259,6 +259,7 @@ class RayExecutor:
         self.retries = max(0, int(retries))
         self.depth = max(1, int(depth))
         self.worker_ids: list[str] = []
+        self.startup_seconds = 0.0  # connecting and starting the workers (chains built), last run
 
     def __repr__(self) -> str:
         return (
@@ -317,23 +318,30 @@ class RayExecutor:
             raise CakfxError(f"the Ray cluster has no room for one worker ({total})")
         return n
 
-    def _start(self, ray, actor_cls, archive_ref, timeout: float = 300.0):
-        """A new actor once it is ready, or raise CakfxError with the worker's reason."""
-        actor = actor_cls.options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker).remote(
-            archive_ref, self.device, max(1, int(self.cpus_per_worker))
-        )
+    def _start(self, ray, actor_cls, archive_ref, count: int = 1, timeout: float = 300.0) -> list:
+        """``count`` new actors, started together, once all are ready; or CakfxError with the reason."""
+        options = {"num_cpus": self.cpus_per_worker, "num_gpus": self.gpus_per_worker}
+        threads = max(1, int(self.cpus_per_worker))
+        actors = [
+            actor_cls.options(**options).remote(archive_ref, self.device, threads) for _ in range(count)
+        ]
         try:
-            state = ray.get(actor.ready.remote(), timeout=timeout)
+            states = ray.get([a.ready.remote() for a in actors], timeout=timeout)
+            error = next((s["error"] for s in states if s["error"]), None)
+            if error:
+                raise CakfxError(f"Ray workers cannot build the chain: {error}")
         except ray.exceptions.GetTimeoutError:
-            ray.kill(actor)
-            raise CakfxError(f"no Ray worker started within {timeout:.0f} s (cluster too busy?)") from None
+            error = CakfxError(f"Ray workers did not start within {timeout:.0f} s (is the cluster too busy?)")
         except ray.exceptions.RayError as exc:
-            raise CakfxError(f"a Ray worker failed to start ({str(exc).splitlines()[0]})") from None
-        if state["error"]:
+            error = CakfxError(f"a Ray worker failed to start ({str(exc).strip().splitlines()[0]})")
+        except CakfxError as exc:
+            error = exc
+        else:
+            self.worker_ids += [s["worker"] for s in states]
+            return actors
+        for actor in actors:
             ray.kill(actor)
-            raise CakfxError(f"Ray workers cannot build the chain: {state['error']}")
-        self.worker_ids.append(state["worker"])
-        return actor
+        raise error
 
     # -- the run ----------------------------------------------------------------------
 
@@ -343,15 +351,18 @@ class RayExecutor:
 
         from cakfx.batch import FileResult
 
+        t0 = time.perf_counter()
         started = self._connect()
         actors: list = []
+        finished = False
         try:
             actor_cls = ray.remote(max_restarts=0, max_task_retries=0)(
                 type(WORKER_CLASS, (_Worker,), {"__module__": __name__})
             )
             archive_ref = ray.put(self.archive)  # shipped once; each worker fetches it once
             count = min(self._worker_count(ray), max(1, len(todo)))
-            actors = [self._start(ray, actor_cls, archive_ref) for _ in range(count)]
+            actors = self._start(ray, actor_cls, archive_ref, count)
+            self.startup_seconds = time.perf_counter() - t0
             queue = deque((src, dst, 0) for src, dst in todo)
             pending: dict = {}  # ObjectRef -> (slot, actor, src, dst, attempt)
             load = [0] * len(actors)
@@ -400,22 +411,21 @@ class RayExecutor:
                             result.status, result.reason = "failed", f"cannot write output ({exc.strerror})"
                     record(result)
                 del ref
-                if actors[slot] is None:
-                    if not any(actors):
-                        for src, dst, _ in queue:
-                            record(FileResult(str(src), str(dst), "failed", "no Ray worker left"))
-                        queue.clear()
-                    continue
-                submit(slot)
-                for other in range(len(actors)):  # a replaced worker's files were requeued
-                    if actors[other] is not None and load[other] < self.depth:
-                        submit(other)
+                live = [s for s, a in enumerate(actors) if a is not None]
+                if not live:
+                    for src, dst, _ in queue:
+                        record(FileResult(str(src), str(dst), "failed", "no Ray worker left"))
+                    queue.clear()
+                for other in live:  # files of a dead worker were requeued: anyone may take them
+                    submit(other)
+            finished = True
         finally:
             alive = [a for a in actors if a is not None]
-            try:
-                ray.get([a.close.remote() for a in alive], timeout=30)
-            except (ray.exceptions.RayError, KeyboardInterrupt):
-                pass
+            if finished:  # after Ctrl-C or an error: kill at once (the next worker sweeps up)
+                try:
+                    ray.get([a.close.remote() for a in alive], timeout=30)
+                except ray.exceptions.RayError:
+                    pass
             for actor in alive:
                 ray.kill(actor)
             if started:
@@ -428,6 +438,6 @@ class RayExecutor:
         except Exception:  # already gone
             pass
         try:
-            actors[slot] = self._start(ray, actor_cls, archive_ref, timeout=120.0)
+            actors[slot] = self._start(ray, actor_cls, archive_ref, timeout=120.0)[0]
         except CakfxError:
             actors[slot] = None

@@ -2,7 +2,8 @@
 
 Two sets, made here: 300 short one-shots (0.25 s, stereo, 44.1 kHz, PCM_16) and 10 long files
 (20 s). Each goes through the ``texture-drums`` preset (the neural texture model, a compressor,
-a reverb) with the local executor (``--jobs 1``) and with Ray actors (1 and 2 workers, audio
+a reverb) with the local executor (``--jobs 1``, one torch thread like each Ray worker)
+and with Ray actors (1 and 2 workers, audio
 through the object store). Rounds interleave the configurations so a busy machine slows them
 alike; the table shows the best and the median of the rounds.
 
@@ -76,10 +77,13 @@ def run_once(files: Path, out: Path, executor) -> tuple[float, float]:
 
 def bench(args) -> None:
     import ray
+    import torch
 
     from cakfx.executors.ray import RayExecutor
     from cakfx.presets import read_preset
 
+    # one torch thread, as in each Ray worker (--cpus-per-worker 1): the same work per file
+    torch.set_num_threads(1)
     ray.init(
         num_cpus=2,
         include_dashboard=False,

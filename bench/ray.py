@@ -38,6 +38,8 @@ import soundfile as sf
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 PRESET = "texture-drums"
+# a chain that costs next to nothing per file, so Ray's own cost per file shows
+GAIN = '[preset]\nname = "gain"\n[[chain]]\neffect = "pedalboard.Gain"\ngain_db = -3.0\n'
 SR = 44100
 INSIDE = "CAKFX_BENCH_RAY_INSIDE"
 
@@ -54,13 +56,12 @@ def make_set(folder: Path, count: int, seconds: float) -> float:
     return count * seconds
 
 
-def run_once(files: Path, out: Path, executor) -> tuple[float, float]:
+def run_once(files: Path, out: Path, preset, executor) -> tuple[float, float]:
     """(wall seconds, start-up seconds) of one batch into a fresh ``out``."""
     from cakfx.batch import run_batch
-    from cakfx.presets import build_chain, read_preset
+    from cakfx.presets import build_chain
 
     shutil.rmtree(out, ignore_errors=True)
-    preset = read_preset(PRESET)
     t0 = time.perf_counter()
     if executor is None:
         chain = build_chain(preset)
@@ -91,53 +92,60 @@ def bench(args) -> None:
         logging_level="ERROR",
         _node_ip_address="127.0.0.1",
     )
-    preset = read_preset(PRESET)
-    configs = {
-        "local (--jobs 1)": None,
-        "ray, 1 worker": RayExecutor(preset, workers=1),
-        "ray, 2 workers": RayExecutor(preset, workers=2),
-    }
     with tempfile.TemporaryDirectory(prefix="cakfx-bench-ray-") as tmp:
         root = Path(tmp)
-        sets = {
-            f"{args.short} short ({args.short_seconds:g} s)": (
-                root / "short",
-                args.short,
-                args.short_seconds,
-            ),
-            f"{args.long} long ({args.long_seconds:g} s)": (root / "long", args.long, args.long_seconds),
+        (root / "gain.toml").write_text(GAIN)
+        texture, gain = read_preset(PRESET), read_preset(root / "gain.toml")
+        configs = {  # name -> preset -> executor (None: local)
+            "local (--jobs 1)": lambda preset: None,
+            "ray, 1 worker": lambda preset: RayExecutor(preset, workers=1),
+            "ray, 2 workers": lambda preset: RayExecutor(preset, workers=2),
         }
-        audio = {name: make_set(folder, n, s) for name, (folder, n, s) in sets.items()}
-        times: dict = {(s, c): [] for s in sets for c in configs}
+        short, long_ = (
+            f"{args.short} short ({args.short_seconds:g} s)",
+            f"{args.long} long ({args.long_seconds:g} s)",
+        )
+        sets = {  # name -> (folder, files, seconds each, preset, configs)
+            short: (root / "short", args.short, args.short_seconds, texture, list(configs)),
+            long_: (root / "long", args.long, args.long_seconds, texture, list(configs)),
+            f"{short}, gain only": (root / "short", args.short, args.short_seconds, gain, list(configs)[:2]),
+        }
+        for folder, n, seconds, *_ in sets.values():
+            if not folder.exists():
+                make_set(folder, n, seconds)
+        executors = {(name, c): configs[c](spec[3]) for name, spec in sets.items() for c in spec[4]}
+        times: dict = {key: [] for key in executors}
         for r in range(args.repeats):
-            for set_name, (folder, _, _) in sets.items():
-                for config, executor in configs.items():
-                    seconds, startup = run_once(folder, root / "out", executor)
-                    times[set_name, config].append((seconds, startup))
-                    print(f"  round {r + 1} {set_name:<22} {config:<17} {seconds:7.2f} s", flush=True)
+            for (set_name, config), executor in executors.items():
+                folder, preset = sets[set_name][0], sets[set_name][3]
+                seconds, startup = run_once(folder, root / "out", preset, executor)
+                times[set_name, config].append((seconds, startup))
+                print(f"  round {r + 1} {set_name:<32} {config:<17} {seconds:7.2f} s", flush=True)
     ray.shutdown()
 
     print()
-    print(f"preset {PRESET}; {args.repeats} interleaved rounds; best / median")
-    head = f"{'set':<22} {'executor':<17} {'files/s':>15} {'audio-s/s':>15} {'start s':>8} {'vs local':>9}"
+    print(
+        f"preset {PRESET} (gain only: one pedalboard.Gain); {args.repeats} interleaved rounds; best / median"
+    )
+    head = f"{'set':<32} {'executor':<17} {'files/s':>15} {'audio-s/s':>15} {'start s':>8} {'vs local':>9}"
     print(head)
     print("-" * len(head))
-    for set_name, (_, count, _) in sets.items():
-        best_local = min(t for t, _ in times[set_name, "local (--jobs 1)"])
-        for config in configs:
+    for set_name, (_, count, seconds, _, names) in sets.items():
+        best_local = min(t for t, _ in times[set_name, names[0]])
+        for config in names:
             runs = times[set_name, config]
             best = min(t for t, _ in runs)
             med = statistics.median(t for t, _ in runs)
             start = min(s for _, s in runs)
+            audio = count * seconds
             print(
-                f"{set_name:<22} {config:<17} {count / best:7.1f} /{count / med:6.1f} "
-                f"{audio[set_name] / best:7.1f} /{audio[set_name] / med:6.1f} {start:8.2f} "
-                f"{best_local / best:8.2f}x"
+                f"{set_name:<32} {config:<17} {count / best:7.1f} /{count / med:6.1f} "
+                f"{audio / best:7.1f} /{audio / med:6.1f} {start:8.2f} {best_local / best:8.2f}x"
             )
         ray1 = min(times[set_name, "ray, 1 worker"], key=lambda ts: ts[0])
-        local = min(times[set_name, "local (--jobs 1)"], key=lambda ts: ts[0])
+        local = min(times[set_name, names[0]], key=lambda ts: ts[0])
         overhead = ((ray1[0] - ray1[1]) - (local[0] - local[1])) / count * 1000
-        print(f"{set_name:<22} Ray overhead per file (1 worker, start-up excluded): {overhead:.1f} ms")
+        print(f"{'':<32} Ray overhead per file (1 worker, start-up excluded): {overhead:.1f} ms")
     print(f"machine: {os.cpu_count()} CPUs (shared); Ray started with num_cpus=2")
 
 

@@ -432,3 +432,31 @@ def test_missing_or_altered_weights_on_workers_is_one_clear_error(cluster, tmp_p
         assert line.startswith("error Ray workers cannot build the chain: shipped preset mine.toml"), line
         assert words in line, line
         assert not list((tmp_path / f"out-{case}").rglob("*.wav")), case
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_cleanly_and_a_rerun_resumes(cluster, tmp_path):
+    files = [(f"loops/{i:02d}.wav", 44100, 2, "WAV", "PCM_16", 3.0) for i in range(12)]
+    lib = make_library(tmp_path / "lib", files, extras=False)
+    out, report = tmp_path / "ray", tmp_path / "ray.json"
+    cmd = [sys.executable, "-m", "cakfx", "process", lib, *PRESET, "-o", out, "-q", "--workers", "2",
+           "--executor", "ray", "--address", f"127.0.0.1:{PORT}"]  # fmt: skip
+    driver = cluster.popen(cmd)  # nsenter execs: the driver is this very process
+    deadline = time.monotonic() + 300
+    while len(list(out.rglob("*.wav"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 1 and stderr.strip().endswith("Aborted!"), stderr
+    done_before = {p.name for p in out.rglob("*.wav")}
+    assert 2 <= len(done_before) < len(files)  # cancelled mid-run
+    assert not list(out.rglob("*.cakfx-tmp"))  # nothing half-written
+    for path in out.rglob("*.wav"):
+        assert sf.info(path).frames == 3 * 44100
+
+    again = cluster.run(
+        cmd[:-4] + ["--report", report, "--executor", "ray", "--address", f"127.0.0.1:{PORT}"]
+    )
+    assert again.returncode == 0, again.stderr
+    counts = json.loads(report.read_text())["counts"]
+    assert counts["exists"] == len(done_before) and counts["ok"] == len(files) - len(done_before)

@@ -99,7 +99,9 @@ def install_packed(archive: bytes, home: Path, device: Any = None):
     os.environ["CAKFX_HOME"] = str(home)
     zip_path = home / "shipped-preset.zip"
     zip_path.write_bytes(archive)
-    info = install_preset(zip_path)
+    # the home is private to this worker: the shipped preset and weights are meant to take the
+    # place of any bundled ones of the same name (their sha256 pins are still checked)
+    info = install_preset(zip_path, force=True)
     return build_chain(read_preset(info["path"]), device=device)
 
 

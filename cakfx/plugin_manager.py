@@ -16,6 +16,7 @@ DEFAULT_PLUGINS = (
     "cakfx.plugins.grain",
     "cakfx.trainers.texture",
     "cakfx.trainers.grain",
+    "cakfx.studio.command",
 )
 
 pm = pluggy.PluginManager("cakfx")

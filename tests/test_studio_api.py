@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import threading
@@ -431,3 +432,43 @@ def test_api_json_is_documented_in_the_readme():
     section = readme.split("## Studio", 1)[1]
     for route in ("/api/files", "/api/process", "/api/jobs/", "/api/presets", "/api/upload", "/api/batch"):
         assert route in section, route
+
+
+def test_the_real_command_serves_and_ctrl_c_stops_it_cleanly(loop, tmp_path):
+    """`cakfx studio` on uvicorn: prints a tokened loopback URL, answers it, and on
+    SIGINT exits 0 having removed its temporary folder."""
+    import os
+    import signal
+    import urllib.error
+    import urllib.request
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cakfx", "studio", str(loop), "--no-browser"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        line = proc.stderr.readline()
+        assert line.startswith("cakfx studio: http://127.0.0.1:"), line
+        url = line.split(": ", 1)[1].strip()
+        base, token = url.split("/?token=")
+        assert len(token) >= 32 and [p.name for p in temp.iterdir()][0].startswith("cakfx-studio-")
+        request = urllib.request.Request(base + "/api/files", headers={"X-Cakfx-Token": token})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            assert [f["name"] for f in json.loads(r.read())] == ["loop.wav"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + "/api/files", timeout=60)
+        assert refused.value.code == 403
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert list(temp.iterdir()) == []  # temporary files removed

@@ -442,6 +442,7 @@ class Studio:
                 preset=base,
                 seconds=seconds,
             )
+            result._analysis = analyse(audio, info.sample_rate)  # the page asks next; no re-read
             job.result, job.seconds = result.id, seconds
             job.progress, job.stage, job.state = 1.0, "done", "done"
         except CakfxError as exc:

@@ -36,6 +36,7 @@ def serve(
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(128)  # connections wait in the backlog until uvicorn serves them
         port = sock.getsockname()[1]
         hosts = set(LOOPBACK_NAMES) | {host}
         if host in ("0.0.0.0", "::"):
@@ -48,6 +49,10 @@ def serve(
         echo("Ctrl-C stops it.")
         if open_browser:
             threading.Timer(0.5, webbrowser.open, args=(url,)).start()
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; we are done anyway
+            pass
     finally:
         studio.close()
+    echo("cakfx studio: stopped, temporary files removed")

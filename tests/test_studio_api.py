@@ -472,3 +472,18 @@ def test_the_real_command_serves_and_ctrl_c_stops_it_cleanly(loop, tmp_path):
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert list(temp.iterdir()) == []  # temporary files removed
+
+
+def test_old_results_are_dropped_from_disk(client, studio, monkeypatch):
+    from cakfx.studio import core
+
+    monkeypatch.setattr(core, "MAX_RESULTS", 2)
+    f = first_file(client)
+    ids = []
+    for gain in (-1.0, -2.0, -3.0):
+        chain = [{"effect": "pedalboard.Gain", "params": {"gain_db": gain}}]
+        ids.append(run_job(client, studio, {"file": f["id"], "chain": chain})["result"])
+    assert client.get(f"/api/files/{ids[0]}").status_code == 404
+    assert all(client.get(f"/api/files/{i}/audio").status_code == 200 for i in ids[1:])
+    assert len(list(studio.workdir.glob("*.result.wav"))) == 2
+    assert first_file(client)["id"] == f["id"]  # the input stays

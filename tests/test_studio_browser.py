@@ -257,6 +257,22 @@ def test_batch_report_lists_files_and_ab_loads_input_against_output(tmp_path, pa
         np.testing.assert_allclose(played, out[1000:1200, 0], atol=1e-6)
         page.keyboard.press("x")
         assert page.get_by_test_id("ab-state").inner_text() == "B"
+
+        # build a chain from the registry: add, reorder, remove; controls follow the registry
+        page.get_by_test_id("auto-process").uncheck()
+        for effect in ("pedalboard.Gain", "pedalboard.Reverb"):
+            page.get_by_test_id("add-effect-select").select_option(effect)
+            page.get_by_test_id("add-effect").click()
+        gain_db = page.get_by_test_id("param-gain-gain_db")
+        assert gain_db.count() == 1 and page.get_by_test_id("param-reverb-room_size").count() == 1
+        page.get_by_test_id("entry-up-2").click()
+        assert page.evaluate("() => window.studio.state.chain.map((e) => e.effect)") == [
+            "pedalboard.Reverb",
+            "pedalboard.Gain",
+        ]
+        page.get_by_test_id("entry-remove-1").click()
+        assert page.evaluate("() => window.studio.state.chain.map((e) => e.id)") == ["gain"]
+        assert page.get_by_test_id("entry-1").locator("b").inner_text() == "1. pedalboard.Gain [gain]"
     finally:
         srv.should_exit = True
         thread.join(timeout=30)

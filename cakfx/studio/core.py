@@ -42,6 +42,8 @@ WAVE_COLUMNS = 1200
 SPEC_COLUMNS = 800
 SPEC_BINS = 160
 SPEC_DB_RANGE = (-100.0, 0.0)  # one fixed dB scale, so before and after compare
+#: results kept on disk; every control change makes one, so the oldest are dropped
+MAX_RESULTS = 64
 
 
 def new_id() -> str:
@@ -180,6 +182,14 @@ class Studio:
         item = StudioFile(new_id(), name or path.name, path, origin, info, **extra)
         with self._lock:
             self._files[item.id] = item
+            results = [f for f in self._files.values() if f.origin == "result"]
+            dropped = results[: max(0, len(results) - MAX_RESULTS)]
+            for old in dropped:
+                del self._files[old.id]
+        for old in dropped:  # results live in the studio's own folder only
+            old.path.unlink(missing_ok=True)
+            for path in self.workdir.glob(f"{old.id}.*"):
+                path.unlink(missing_ok=True)
         return item
 
     def file(self, file_id: str) -> StudioFile:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,17 @@ class CakfxGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CakfxError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_printable(str(exc))) from None
+        except (OSError, RecursionError, MemoryError) as exc:  # one line, never a traceback
+            from cakfx.errors import describe_exception
+
+            where = f" ({_printable(os.fsdecode(exc.filename))})" if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"{describe_exception(exc)}{where}") from None
+
+
+def _printable(text: str) -> str:
+    """Text any terminal can take: lone surrogates (non-UTF-8 file names) as escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @click.group(cls=CakfxGroup)
@@ -63,25 +74,30 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
     channels, length, container and sample format. Existing outputs are
     skipped unless --overwrite, so rerunning resumes an interrupted batch.
     """
-    from cakfx.batch import run_batch
+    from cakfx.audio import display_path
+    from cakfx.batch import check_report_path, run_batch, write_report
     from cakfx.device import resolve_device
     from cakfx.presets import apply_overrides, build_chain, parse_set, read_preset, resolved_entries
 
+    if report:
+        report = check_report_path(report)  # refuse a bad path before any file is processed
     overrides = parse_set(sets)
     dev = resolve_device(device)
     spec = apply_overrides(read_preset(preset), overrides)
     resolved_entries(spec)  # fail fast on a bad preset, before touching any file
-    first_chain = [build_chain(spec, device=dev)]
+    first_chain = [build_chain(spec, device=dev)] if not dry_run else []
 
     def chain_factory():
         # the first worker reuses the chain built up front; others get their own
         return first_chain.pop() if first_chain else build_chain(spec, device=dev)
 
     def on_result(result):
-        if result.status == "failed":
-            click.echo(f"failed: {result.input}: {result.reason}", err=True)
+        if result.status in ("failed", "skipped"):
+            click.echo(f"{result.status}: {result.input}: {result.reason}", err=True)
         elif result.status == "planned":
             click.echo(f"would write {result.output}")
+        for warning in result.warnings:
+            click.echo(f"warning: {result.input}: {warning}", err=True)
 
     result = run_batch(
         inputs,
@@ -95,25 +111,17 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
         on_result=on_result,
     )
     if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        data = result.to_dict(
+        write_report(
+            report,
+            result,
             preset=spec.name,
-            preset_path=str(spec.path),
-            output=str(out_dir),
+            preset_path=display_path(spec.path),
+            output=display_path(out_dir),
             device=str(dev),
             overrides=overrides,
         )
-        report.write_text(json.dumps(data, indent=2))
-    ok, exists, failed = result.count("ok"), result.count("exists"), result.failed
-    parts = [
-        f"{ok} processed",
-        f"{exists} already done" if exists else "",
-        f"{result.count('not-audio')} not audio (skipped)" if result.count("not-audio") else "",
-        f"{failed} failed" if failed else "",
-        f"{result.count('planned')} planned" if dry_run else "",
-    ]
-    click.echo(", ".join(p for p in parts if p) + f" in {result.seconds:.1f}s -> {out_dir}", err=True)
-    if failed:
+    click.echo(f"{result.summary()} -> {display_path(out_dir)}", err=True)
+    if not result.ok:
         sys.exit(1)
 
 
@@ -301,13 +309,13 @@ def weights():
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def weights_list(as_json):
     """Installed weights (user folder first, then bundled)."""
-    from cakfx.weights import bundled_dir, list_weights, load_weights
+    from cakfx.weights import bundled_dir, check_weights, list_weights
 
     rows = []
     for name, path in list_weights().items():
-        try:
-            wf = load_weights(path)
-            kind, trainer = wf.kind, wf.training.get("trainer", wf.training.get("source", ""))
+        try:  # a full check, with numpy only: no torch needed to list
+            meta, _, _, training = check_weights(path)
+            kind, trainer = meta["kind"], str(training.get("trainer", training.get("source", "")))
         except CakfxError as exc:
             kind, trainer = "invalid", str(exc)
         source = "bundled" if path.parent == bundled_dir() else "user"

@@ -8,6 +8,7 @@ Every validation error names the file, the chain entry (index and id) and the ke
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from cakfx.chain import Chain
-from cakfx.errors import CakfxError
-from cakfx.paths import user_presets_dir
+from cakfx.errors import CakfxError, describe_exception
+from cakfx.paths import atomic_write_bytes, os_reason, user_presets_dir
 from cakfx.registry import closest, create_effect, effects, get_effect
-from cakfx.weights import resolve_weights, sha256_file
+from cakfx.weights import check_shapes, check_weights, resolve_weights, sha256_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,6 +28,7 @@ else:  # pragma: no cover
 
 ENTRY_KEYS = ("id", "effect", "sha256")  # chain-entry keys that are not effect parameters
 PRESET_KEYS = ("name", "description", "author", "version", "tags")
+MAX_PRESET_BYTES = 1024 * 1024  # a real preset is a few hundred bytes
 
 
 @dataclass
@@ -91,12 +93,25 @@ def read_preset(ref: str | os.PathLike) -> Preset:
     """Parse a preset file and check its structure (not yet its parameters)."""
     path, source = find_preset(ref)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PRESET_BYTES + 1)
+    except OSError as exc:
+        raise CakfxError(f"{path}: cannot read preset ({describe_exception(exc)})") from None
+    if len(raw) > MAX_PRESET_BYTES:
+        raise CakfxError(f"{path}: preset file too large (limit {MAX_PRESET_BYTES // 1024} KiB)")
+    return parse_preset(parse_toml(raw, path), path, source)
+
+
+def parse_toml(raw: bytes, path: Path | str) -> dict:
+    """TOML bytes -> dict, with one-line errors (bad UTF-8, bad TOML, nesting too deep)."""
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CakfxError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise CakfxError(f"{path}: invalid TOML ({exc})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CakfxError(f"{path}: cannot read preset ({exc})") from None
-    return parse_preset(data, path, source)
+    except RecursionError:
+        raise CakfxError(f"{path}: invalid TOML (nested too deeply)") from None
 
 
 def parse_preset(data: dict, path: Path, source: str = "path") -> Preset:
@@ -143,7 +158,7 @@ def parse_value(text: str) -> Any:
     """A ``--set`` value: TOML syntax (``0.8``, ``true``, ``"x"``), else the raw string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return text
 
 
@@ -191,16 +206,6 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any] | None) -> Preset:
 
 # ---- validation and building ----------------------------------------------------------
 
-_sha_cache: dict[tuple, str] = {}
-
-
-def _sha256(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _sha_cache:
-        _sha_cache[key] = sha256_file(path)
-    return _sha_cache[key]
-
 
 def resolved_entries(preset: Preset, weights_dirs: tuple[Path, ...] = ()) -> list[tuple[Entry, dict]]:
     """Check every entry; return (entry, parameters ready for the factory).
@@ -222,13 +227,14 @@ def resolved_entries(preset: Preset, weights_dirs: tuple[Path, ...] = ()) -> lis
             ptype = spec.param_map[name].type
             if ptype == "weights":
                 weights_path = _resolve_weights(value, preset.folder, weights_dirs, where)
+                check_effect_weights(spec, weights_path, where)
                 params[name] = str(weights_path)
             elif ptype == "path" and value and not Path(value).expanduser().is_absolute():
                 params[name] = str(preset.folder / value)
         if entry.sha256:
             if weights_path is None:
                 raise CakfxError(f"{where}: sha256 given but the entry has no weights")
-            actual = _sha256(weights_path)
+            actual = sha256_file(weights_path)
             if actual != entry.sha256.lower():
                 raise CakfxError(
                     f"{where}: weights checksum mismatch for {weights_path.name} "
@@ -236,6 +242,23 @@ def resolved_entries(preset: Preset, weights_dirs: tuple[Path, ...] = ()) -> lis
                 )
         out.append((entry, params))
     return out
+
+
+def check_effect_weights(spec, path: Path, where: str = "") -> None:
+    """Open and fully check a weights file for ``spec``: kind, metadata, finite values,
+    and the tensor names and shapes the effect's model expects (when it says)."""
+    try:
+        meta, arrays, stats, _ = check_weights(path, expect_kind=spec.name)
+        if spec.expected_shapes is not None:
+            try:
+                expected = spec.expected_shapes(stats)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CakfxError(
+                    f"{path}: weights stats do not fit {spec.name} ({describe_exception(exc)})"
+                ) from None
+            check_shapes({k: tuple(v.shape) for k, v in arrays.items()}, expected, path)
+    except CakfxError as exc:
+        raise CakfxError(f"{where}: weights: {exc}" if where else str(exc)) from None
 
 
 def _resolve_weights(ref: str, folder: Path, extra_dirs: tuple[Path, ...], where: str) -> Path:
@@ -265,6 +288,61 @@ def build_chain(preset: Preset, device: Any = None) -> Chain:
         items.append(node)
         ids.append(entry.id)
     return Chain(items, ids)
+
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def save_preset(
+    name: str,
+    entries: list[dict[str, Any]],
+    description: str = "",
+    author: str = "",
+    folder: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Check a chain and write it as a TOML preset; return the file's path.
+
+    ``entries`` are dicts like ``[[chain]]`` tables (``effect``, optional ``id``,
+    parameters). The preset is validated exactly as ``cakfx presets validate``
+    would, then written atomically to ``folder`` (default: the user preset
+    folder), so ``cakfx process -p NAME`` can use it at once. An existing preset
+    of that name is replaced only with ``overwrite=True``.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = save_preset("warm", [{"effect": "pedalboard.Gain", "gain_db": -3.0}], folder=folder)
+    >>> path.name
+    'warm.toml'
+    """
+    import tomli_w
+
+    if not isinstance(name, str) or not _NAME_OK.match(name) or name.endswith(".toml"):
+        raise CakfxError(
+            f"preset name {name!r}: use letters, digits, '-', '_' or '.' (no path, no extension)"
+        )
+    if not isinstance(entries, (list, tuple)) or not all(isinstance(e, dict) for e in entries):
+        raise CakfxError(f"preset {name!r}: entries must be a list of tables (dicts)")
+    folder = Path(folder) if folder is not None else user_presets_dir()
+    path = folder / f"{name}.toml"
+    head: dict[str, Any] = {"name": name}
+    if description:
+        head["description"] = str(description)
+    if author:
+        head["author"] = str(author)
+    data = {"preset": head, "chain": [dict(e) for e in entries]}
+    preset = parse_preset(data, path, "user")
+    resolved_entries(preset)  # parameters, weights, pins: the same checks as validate
+    if path.exists() and not overwrite:
+        raise CakfxError(f"{path}: a preset of that name exists (pass overwrite=True to replace it)")
+    try:
+        text = tomli_w.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise CakfxError(f"preset {name!r}: cannot be written as TOML ({exc})") from None
+    try:
+        return atomic_write_bytes(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise CakfxError(f"{path}: cannot write preset ({os_reason(exc)})") from None
 
 
 def load_preset(name_or_path, device=None, overrides=None) -> Chain:

@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -29,11 +28,6 @@ import numpy as np
 
 from cakfx.audio import AUDIO_EXTENSIONS, FORMATS, AudioInfo, read_audio, read_info, write_audio
 from cakfx.errors import CakfxError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PRESET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -349,7 +343,7 @@ class Studio:
     ) -> Path:
         """Write the chain as a user preset ``NAME`` (usable as ``cakfx process -p NAME``)."""
         from cakfx.paths import user_presets_dir
-        from cakfx.presets import validate_preset
+        from cakfx.presets import save_preset, validate_preset
 
         if not isinstance(name, str) or not PRESET_NAME_RE.match(name):
             raise CakfxError(
@@ -370,8 +364,11 @@ class Studio:
                 table["sha256"] = e.sha256
             table.update(e.params)
             entries.append(table)
-        head = {"name": name, "description": str(description or ""), "author": "cakfx studio"}
-        _write_preset(target, head, entries, base_folder=preset.path.parent if base else None)
+        if base:
+            _anchor_paths(entries, preset.path.parent)
+        save_preset(
+            name, entries, description=str(description or ""), author="cakfx studio", overwrite=overwrite
+        )
         validate_preset(target)
         return target
 
@@ -531,31 +528,14 @@ def _report_path(value: Any, report: Path) -> Path | None:
     return None
 
 
-def _write_preset(target: Path, head: dict, entries: list[dict], base_folder: Path | None) -> None:
-    """Atomic TOML write; relative file parameters are re-anchored to the new folder."""
-    import tomli_w
-
-    if base_folder is not None:
-        for table in entries:
-            for key, value in table.items():
-                if isinstance(value, str) and (value.startswith(".") or "/" in value):
-                    p = Path(value).expanduser()
-                    if not p.is_absolute() and (base_folder / p).exists():
-                        table[key] = str((base_folder / p).resolve())
-    text = tomli_w.dumps({"preset": head, "chain": entries})
-    tomllib.loads(text)  # what we write must read back
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        from cakfx.paths import as_new_file
-
-        as_new_file(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _anchor_paths(entries: list[dict], base_folder: Path) -> None:
+    """Relative file parameters of the base preset, made absolute for the new folder."""
+    for table in entries:
+        for key, value in table.items():
+            if isinstance(value, str) and (value.startswith(".") or "/" in value):
+                p = Path(value).expanduser()
+                if not p.is_absolute() and (base_folder / p).exists():
+                    table[key] = str((base_folder / p).resolve())
 
 
 # ---- analysis: waveform overview, log-frequency spectrogram, level --------------------

@@ -219,11 +219,13 @@ function drawSpec(id, analysis) {
   off.getContext("2d").putImageData(img, 0, 0);
   g.imageSmoothingEnabled = false;
   g.drawImage(off, 0, 0, cv.width, cv.height);
-  g.fillStyle = "rgba(255,255,255,0.7)"; g.font = "11px sans-serif";
-  for (const f of [100, 1000, 10000]) {
+  g.font = "bold 12px sans-serif";
+  for (const f of [100, 1000, 10000]) { // frequency ticks (Hz), readable on any colour
     if (f >= sp.f_max) continue;
     const y = cv.height * (1 - Math.log(f / sp.f_min) / Math.log(sp.f_max / sp.f_min));
-    g.fillText(f >= 1000 ? `${f / 1000}k` : `${f}`, 3, y);
+    const label = f >= 1000 ? `${f / 1000} kHz` : `${f} Hz`;
+    g.fillStyle = "rgba(0,0,0,0.6)"; g.fillRect(0, y - 7, g.measureText(label).width + 8, 14);
+    g.fillStyle = "#fff"; g.fillText(label, 4, y + 4);
   }
 }
 

@@ -7,6 +7,7 @@ skipped with the reason when either is absent. Takes the README's screenshot
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -257,6 +258,26 @@ def test_batch_report_lists_files_and_ab_loads_input_against_output(tmp_path, pa
         np.testing.assert_allclose(played, out[1000:1200, 0], atol=1e-6)
         page.keyboard.press("x")
         assert page.get_by_test_id("ab-state").inner_text() == "B"
+
+        # drop a file on the page: it is uploaded and becomes A
+        dropped = tmp_path / "dropped.wav"
+        sf.write(str(dropped), drums(0.5, SR, seed=3).T, SR)
+        page.evaluate(
+            """(b64) => {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                const dt = new DataTransfer();
+                dt.items.add(new File([bytes], "dropped.wav", { type: "audio/wav" }));
+                const zone = document.querySelector("[data-testid=drop-zone]");
+                const drop = new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true });
+                zone.dispatchEvent(drop);
+            }""",
+            base64.b64encode(dropped.read_bytes()).decode(),
+        )
+        page.wait_for_function("() => window.studio.state.files.some((f) => f.name === 'dropped.wav')")
+        page.wait_for_function(
+            "() => window.studio.state.buffers.A && window.studio.state.buffers.A.duration < 0.6"
+        )
+        assert state(page, "buffers.B") is None  # a new file has nothing processed yet
 
         # build a chain from the registry: add, reorder, remove; controls follow the registry
         page.get_by_test_id("auto-process").uncheck()

@@ -487,3 +487,15 @@ def test_old_results_are_dropped_from_disk(client, studio, monkeypatch):
     assert all(client.get(f"/api/files/{i}/audio").status_code == 200 for i in ids[1:])
     assert len(list(studio.workdir.glob("*.result.wav"))) == 2
     assert first_file(client)["id"] == f["id"]  # the input stays
+
+
+def test_any_host_but_loopback_gets_a_loud_warning(monkeypatch):
+    from cakfx.studio import server
+
+    calls = []
+    monkeypatch.setattr(server, "serve", lambda **kw: calls.append(kw))
+    r = CliRunner().invoke(cli, ["studio", "--host", "0.0.0.0", "--no-browser"])
+    assert r.exit_code == 0 and "WARNING: listening on 0.0.0.0" in r.output
+    assert calls[0]["host"] == "0.0.0.0" and calls[0]["open_browser"] is False
+    r = CliRunner().invoke(cli, ["studio", "--no-browser"])
+    assert "WARNING" not in r.output and calls[1]["host"] == "127.0.0.1"

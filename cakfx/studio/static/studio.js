@@ -444,7 +444,7 @@ async function processNow() {
   while (seq === S.jobSeq) {
     job = await api(`/api/jobs/${job.id}`);
     $("progress").value = job.progress;
-    $("job-stage").textContent = job.stage;
+    $("job-stage").textContent = `${job.stage} · ${((performance.now() - started) / 1000).toFixed(1)} s`;
     if (!["queued", "running"].includes(job.state)) break;
     await new Promise((r) => setTimeout(r, 60));
   }

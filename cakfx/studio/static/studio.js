@@ -320,7 +320,11 @@ function paramControl(entry, p, index) {
   wrap.append(label);
   const has = Object.prototype.hasOwnProperty.call(entry.params, p.name);
   const value = has ? entry.params[p.name] : p.default;
-  const set = (v) => { entry.params[p.name] = v; changed(); };
+  const set = (v) => {
+    entry.params[p.name] = v;
+    if (p.type === "weights") delete entry.sha256; // the preset's pin was for the weights it named
+    changed();
+  };
   if ((p.type === "float" || p.type === "int") && p.min !== undefined && p.max !== undefined) {
     const range = document.createElement("input");
     const num = document.createElement("input");

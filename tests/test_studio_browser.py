@@ -123,6 +123,9 @@ def test_load_tweak_process_ab_and_save_in_a_real_browser(server, page, tmp_path
     assert amount.get_attribute("min") == "0" and amount.get_attribute("max") == "2"
     assert amount.input_value() == "0.7"
     assert page.get_by_test_id("param-comp-ratio").count() == 1
+    weights = page.get_by_test_id("param-texture-weights")  # a weights picker of installed weights
+    assert weights.locator("option:checked").inner_text() == "cak-texture-default"
+    assert "cak-grain-default" in weights.locator("option").all_inner_texts()
 
     # set a control: re-processed with the new value
     amount.evaluate("(el) => { el.value = '1.5'; el.dispatchEvent(new Event('input')); }")
@@ -148,7 +151,10 @@ def test_load_tweak_process_ab_and_save_in_a_real_browser(server, page, tmp_path
     page.wait_for_function("() => document.querySelector('[data-testid=error]').textContent.length > 0")
     assert "above the maximum" in page.get_by_test_id("error").inner_text()
     amount.evaluate("(el) => { el.value = '1.5'; el.dispatchEvent(new Event('input')); }")
-    page.wait_for_function("() => !window.studio.state.job && window.studio.state.resultId")
+    page.wait_for_function(
+        "(old) => { const s = window.studio.state; return s.resultId && s.resultId !== old && !s.job; }",
+        arg=result_id,
+    )
 
     # A/B on one transport: both sources run; the toggle moves gains only, at the same position
     page.get_by_test_id("play").click()

@@ -243,7 +243,8 @@ class BlockWriter:
     the same folder (``.cakfx-*.cakfx-tmp``), renamed over ``path`` by ``commit()``.
 
     Every block is checked for non-finite samples first (``CakfxError``; nothing is
-    written) and measured (``meter``: sample peak, true peak, samples beyond full scale).
+    written) and measured (``meter``, a ``cakfx.dsp.loudness.PeakMeter``: sample peak, true
+    peak, samples beyond full scale).
     Integer outputs are rounded, integer and lossy outputs clipped to [-1, 1] so loud
     results clip instead of wrapping around.
     """
@@ -265,6 +266,8 @@ class BlockWriter:
         self.path, self.format, self.subtype = path, format, subtype
         self.sample_rate, self.channels = int(sample_rate), int(channels)
         self.frames = 0
+        from cakfx.dsp.loudness import PeakMeter  # here: scipy stays out of `cakfx --help`
+
         self.meter = PeakMeter(self.channels)
         self._file = None
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -294,7 +297,7 @@ class BlockWriter:
                 f"{display_path(self.path)}: the chain produced {bad} NaN or infinite samples "
                 f"near {self.frames / self.sample_rate:.2f}s; nothing written"
             )
-        self.meter.add(block)
+        self.meter.process(block)
         data = block.T
         if self.subtype in PCM_BITS:
             data = quantize(data, self.subtype)
@@ -386,48 +389,6 @@ def write_audio(
     except BaseException:
         writer.discard()
         raise
-
-
-class PeakMeter:
-    """Streaming output meter: sample peak, true peak (4x oversampled, as ITU-R BS.1770
-    describes) and the count of samples beyond full scale, over all channels."""
-
-    _TAPS = 12  # per phase
-
-    def __init__(self, channels: int):
-        n = 4 * self._TAPS
-        t = (np.arange(n) - (n - 1) / 2) / 4
-        h = np.sinc(t) * np.kaiser(n, 8.0)
-        self._phases = [h[p::4] / h[p::4].sum() for p in range(4)]
-        self._history = np.zeros((channels, self._TAPS - 1))
-        self.sample_peak = 0.0
-        self.true_peak = 0.0
-        self.overs = 0
-
-    def add(self, block: np.ndarray) -> None:
-        block = np.asarray(block, dtype=np.float64)
-        if block.shape[1] == 0:
-            return
-        a = np.abs(block)
-        self.sample_peak = max(self.sample_peak, float(a.max()))
-        self.overs += int(np.count_nonzero(a > 1.0))
-        x = np.concatenate([self._history, block], axis=1)
-        for ch in x:
-            for h in self._phases:
-                self.true_peak = max(self.true_peak, float(np.abs(np.convolve(ch, h, "valid")).max()))
-        self.true_peak = max(self.true_peak, self.sample_peak)
-        self._history = x[:, -(self._TAPS - 1) :]
-
-    def summary(self) -> dict:
-        return {
-            "peak_dbfs": _db(self.sample_peak),
-            "true_peak_dbfs": _db(self.true_peak),
-            "clipped_samples": self.overs,
-        }
-
-
-def _db(x: float) -> float | None:
-    return round(float(20 * np.log10(x)), 2) if x > 0 else None
 
 
 def _reason(exc: BaseException) -> str:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import soundfile as sf
 
 from cakfx.audio import (
@@ -114,10 +115,17 @@ class BatchReport:
             f"{n('not-audio')} not audio (skipped)" if n("not-audio") else "",
             f"{n('skipped')} skipped (unreadable or not a regular file)" if n("skipped") else "",
             f"{self.failed} failed" if self.failed else "",
-            f"{len(self.clipped)} clipped" if self.clipped else "",
             f"{n('planned')} planned" if n("planned") else "",
         ]
-        return ", ".join(p for p in parts if p) + f" in {self.seconds:.1f}s"
+        line = ", ".join(p for p in parts if p) + f" in {self.seconds:.1f}s"
+        peaks = [f.peak_dbfs for f in self.files if f.peak_dbfs is not None]
+        true_peaks = [f.true_peak_dbfs for f in self.files if f.true_peak_dbfs is not None]
+        if peaks:
+            line += f"; outputs peak {max(peaks):+.1f} dBFS, true peak {max(true_peaks):+.1f} dBTP"
+            clipped = sum(f.clipped_samples or 0 for f in self.clipped)
+            n_files = len(self.clipped)
+            line += f", {clipped} samples clipped in {n_files} file(s)" if clipped else ", none clipped"
+        return line
 
 
 def output_format(info: AudioInfo, out_format: str) -> tuple[str, str, str | None]:
@@ -183,10 +191,10 @@ def process_file(
         raise
     if fmt in EXACT_HEADER_FORMATS and declared is None and info.frames and reader.frames != info.frames:
         warnings.append(f"decoded {reader.frames} frames, the header says {info.frames}")
-    meters = writer.meter.summary()
-    clipped = meters["clipped_samples"] if subtype not in FLOAT_SUBTYPES else 0
+    meter = writer.meter
+    peak, true_peak = _db_or_none(meter.sample_peak_db), _db_or_none(meter.true_peak_db)
+    clipped = meter.clipped if subtype not in FLOAT_SUBTYPES else 0
     if clipped:
-        peak = meters["peak_dbfs"]
         warnings.append(f"clipped: {clipped} samples, peak {peak:+.1f} dBFS")
     return FileResult(
         display_path(in_path),
@@ -199,11 +207,16 @@ def process_file(
         info.channels,
         fmt,
         subtype,
-        meters["peak_dbfs"],
-        meters["true_peak_dbfs"],
+        peak,
+        true_peak,
         clipped,
         warnings,
     )
+
+
+def _db_or_none(db: float) -> float | None:
+    """dB rounded for the report; None for digital silence (-inf is not JSON)."""
+    return round(float(db), 2) if np.isfinite(db) else None
 
 
 def _render(chain, reader: BlockReader, sample_rate: int, writer: BlockWriter, buffer_size: int) -> None:

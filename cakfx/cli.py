@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -14,7 +15,51 @@ from cakfx.errors import CakfxError
 
 
 class CakfxGroup(click.Group):
-    """Turns ``CakfxError`` into one ``Error: ...`` line and exit status 1."""
+    """Turns ``CakfxError`` (and OS errors) into one ``Error: ...`` line and exit status 1.
+
+    Heavy commands (``measure``) and plugin commands are loaded when asked for, so
+    ``cakfx --help`` and the listing commands start without importing torch.
+    """
+
+    #: name -> (module, attribute, short help shown before the module is imported)
+    lazy = {
+        "measure": (
+            "cakfx.measure",
+            "measure",
+            "Measure spectral flatness, centroid, RMS and format of audio files.",
+        )
+    }
+
+    def list_commands(self, ctx):
+        _add_plugin_commands(full=False)
+        return sorted(set(self.commands) | {n for n in self.lazy if _lazy_available(n)})
+
+    def get_command(self, ctx, name):
+        if name in self.commands:
+            return self.commands[name]
+        if name in self.lazy:
+            module, attr, _ = self.lazy[name]
+            try:
+                command = getattr(importlib.import_module(module), attr)
+            except ImportError:  # the module lands with another part of cakfx
+                return None
+            self.add_command(command, name)
+            return command
+        _add_plugin_commands(full=True)
+        return self.commands.get(name)
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            if name not in self.commands and name in self.lazy:
+                rows.append((name, self.lazy[name][2]))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx):
         try:
@@ -26,6 +71,57 @@ class CakfxGroup(click.Group):
 
             where = f" ({_printable(os.fsdecode(exc.filename))})" if getattr(exc, "filename", None) else ""
             raise click.ClickException(f"{describe_exception(exc)}{where}") from None
+
+
+def _lazy_available(name: str) -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(CakfxGroup.lazy[name][0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_asked: set[str] = set()  # plugins already asked for their commands
+
+
+def _add_plugin_commands(full: bool) -> None:
+    """Ask plugins for top-level commands: third-party ones only (enough for --help),
+    or all of them once a command name is not otherwise known."""
+    from cakfx.plugin_manager import load_entry_point_plugins, load_plugins, pm, report_hook_failure
+
+    load_plugins() if full else load_entry_point_plugins()
+    for impl in pm.hook.register_commands.get_hookimpls():
+        if impl.plugin_name in _asked:
+            continue
+        _asked.add(impl.plugin_name)
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            report_hook_failure(impl.plugin_name, "register_commands", exc)
+
+
+class TrainGroup(click.Group):
+    """``cakfx train``: its subcommands come from the trainer plugins, loaded on use."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if TrainGroup._loaded:
+            return
+        TrainGroup._loaded = True
+        from cakfx.plugin_manager import call_hook, load_plugins
+
+        load_plugins()
+        call_hook("register_trainers", register=lambda name, command: self.add_command(command, name))
+
+    def list_commands(self, ctx):
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        self._load()
+        return super().get_command(ctx, name)
 
 
 def _printable(text: str) -> str:
@@ -141,8 +237,8 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
 def inspect(file, preset, out_png, sets, sweep, seconds, device):
     """Picture the effect: input, output and difference spectrograms (needs the viz extra)."""
     from cakfx.device import resolve_device
-    from cakfx.inspect import inspect_file
     from cakfx.presets import parse_set
+    from cakfx.spectrogram import inspect_file
 
     info = inspect_file(file, preset, out_png, parse_set(sets), sweep, seconds, resolve_device(device))
     click.echo(f"wrote {info['path']} ({info['width']}x{info['height']}, {info['rows']} row(s))")
@@ -358,27 +454,6 @@ def weights_import(checkpoint, kind, name, stats, force):
 # ---- train ----------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(cls=TrainGroup)
 def train():
     """Train a model on your own folder of samples."""
-
-
-def _register_plugin_commands() -> None:
-    from cakfx.plugin_manager import load_plugins, pm
-
-    load_plugins()
-    for impl in pm.hook.register_trainers.get_hookimpls():
-        impl.function(register=lambda name, command: train.add_command(command, name))
-    pm.hook.register_commands(cli=cli)
-
-
-def _add_measure() -> None:
-    try:
-        from cakfx.measure import measure
-    except ImportError:  # the measure module lands with the grain effect
-        return
-    cli.add_command(measure)
-
-
-_add_measure()
-_register_plugin_commands()

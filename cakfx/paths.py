@@ -57,3 +57,12 @@ def os_reason(exc: BaseException) -> str:
         return os.strerror(exc.errno).lower()
     lines = str(exc).strip().splitlines()
     return lines[-1] if lines else type(exc).__name__
+
+
+def is_file(path: str | os.PathLike) -> bool:
+    """``Path.is_file`` that answers False instead of raising for names the OS refuses
+    (too long, embedded NUL, a component that is not a folder)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False

@@ -17,7 +17,7 @@ from typing import Any
 
 from cakfx.chain import Chain
 from cakfx.errors import CakfxError, describe_exception
-from cakfx.paths import atomic_write_bytes, os_reason, user_presets_dir
+from cakfx.paths import atomic_write_bytes, is_file, os_reason, user_presets_dir
 from cakfx.registry import closest, create_effect, effects, get_effect
 from cakfx.weights import check_shapes, check_weights, resolve_weights, sha256_file
 
@@ -78,7 +78,7 @@ def find_preset(ref: str | os.PathLike) -> tuple[Path, str]:
     """Locate a preset by path or name."""
     text = str(ref)
     path = Path(text).expanduser()
-    if path.is_file():
+    if is_file(path):
         return path, "path"
     if text.endswith(".toml") or os.sep in text or "/" in text:
         raise CakfxError(f"preset file not found: {path}")
@@ -264,7 +264,7 @@ def check_effect_weights(spec, path: Path, where: str = "") -> None:
 def _resolve_weights(ref: str, folder: Path, extra_dirs: tuple[Path, ...], where: str) -> Path:
     for d in extra_dirs:
         candidate = d / f"{ref}.safetensors"
-        if candidate.is_file():
+        if is_file(candidate):
             return candidate
     try:
         return resolve_weights(ref, relative_to=folder)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cakfx.errors import CakfxError
-from cakfx.paths import as_new_file, user_weights_dir
+from cakfx.paths import as_new_file, is_file, user_weights_dir
 
 if TYPE_CHECKING:  # torch is imported only where tensors are made, so listing stays fast
     import torch
@@ -286,12 +286,12 @@ def resolve_weights(ref: str | os.PathLike, relative_to: str | os.PathLike | Non
         path = Path(ref).expanduser()
         if not path.is_absolute() and relative_to is not None:
             path = Path(relative_to) / path
-        if path.is_file():
+        if is_file(path):
             return path
         raise CakfxError(f"weights file not found: {path}")
     for folder in (user_weights_dir(), bundled_dir()):
         candidate = folder / f"{ref}{SUFFIX}"
-        if candidate.is_file():
+        if is_file(candidate):
             return candidate
     known = ", ".join(sorted(list_weights())) or "none installed"
     raise CakfxError(f"unknown weights {ref!r} (known: {known})")

@@ -414,6 +414,9 @@ def test_the_command_module_imports_neither_starlette_nor_torch():
 def test_studio_command_help_and_missing_extra(monkeypatch):
     from cakfx.studio import command
 
+    listing = CliRunner().invoke(cli, ["--help"])
+    rows = [line.split(None, 1) for line in listing.output.splitlines() if line.strip().startswith("studio ")]
+    assert rows and rows[0][1].startswith("Load, tweak, A/B and save in the browser")
     r = CliRunner().invoke(cli, ["studio", "--help"])
     assert r.exit_code == 0 and "--no-browser" in r.output and "--report" in r.output
     monkeypatch.setattr(command, "_have_server", lambda: False)

@@ -49,10 +49,13 @@ function audioContext() {
 }
 
 async function loadBuffer(slot, fileId) {
-  const response = await api(`/api/files/${fileId}/audio`, { raw: true });
-  const data = await response.arrayBuffer();
-  const buffer = await audioContext().decodeAudioData(data);
-  const analysis = await api(`/api/files/${fileId}/analysis`);
+  // audio and pictures are fetched at once; decoding overlaps the analysis request
+  const [buffer, analysis] = await Promise.all([
+    api(`/api/files/${fileId}/audio`, { raw: true })
+      .then((response) => response.arrayBuffer())
+      .then((data) => audioContext().decodeAudioData(data)),
+    api(`/api/files/${fileId}/analysis`),
+  ]);
   S.buffers[slot] = buffer;
   S.analysis[slot] = analysis;
   if (S.playing) startSources(currentPosition()); // the new buffer joins at the same position
@@ -441,7 +444,10 @@ async function processNow() {
   let job;
   try {
     job = await api("/api/process", { method: "POST", json: { file: S.fileId, chain, preset: S.base } });
-  } catch (e) { if (seq === S.jobSeq) { showError(e.message); status("not processed"); } return; }
+  } catch (e) {
+    if (seq === S.jobSeq) { S.job = null; showError(e.message); status("not processed"); }
+    return;
+  }
   S.job = job.id;
   $("cancel").disabled = false;
   const started = performance.now();
@@ -453,16 +459,17 @@ async function processNow() {
     await new Promise((r) => setTimeout(r, 60));
   }
   if (seq !== S.jobSeq) return; // a newer request took over
-  S.job = null;
   $("cancel").disabled = true;
   if (job.state === "done") {
-    S.resultId = job.result;
     await loadBuffer("B", job.result);
+    if (seq !== S.jobSeq) return;
+    S.resultId = job.result; // only once B holds it: what is saved is what was heard
+    S.job = null;
     S.dirty = false;
     S.lastRoundTrip = (performance.now() - started) / 1000;
     status(`processed in ${job.seconds.toFixed(2)} s (round trip ${S.lastRoundTrip.toFixed(2)} s)`);
-  } else if (job.state === "failed") { showError(job.error); status("processing failed"); }
-  else status("cancelled");
+  } else if (job.state === "failed") { S.job = null; showError(job.error); status("processing failed"); }
+  else { S.job = null; status("cancelled"); }
   updateTransport();
 }
 

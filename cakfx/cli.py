@@ -27,7 +27,12 @@ class CakfxGroup(click.Group):
             "cakfx.measure",
             "measure",
             "Measure spectral flatness, centroid, RMS and format of audio files.",
-        )
+        ),
+        "studio": (
+            "cakfx.studio.command",
+            "studio",
+            "Load, tweak, A/B and save in the browser: a local web app.",
+        ),
     }
 
     def list_commands(self, ctx):

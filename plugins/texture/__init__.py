@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cakfx.device import resolve_device
 from cakfx.errors import CakfxError
 from cakfx.hookspecs import hookimpl
 from cakfx.params import Param
-from cakfx.plugins.texture.checkpoint import KIND, import_checkpoint, load_model, model_from_tensors
-from cakfx.plugins.texture.node import TextureNode
-from cakfx.weights import WeightsFile, load_weights, resolve_weights
 
+# torch is imported only when a node, a model or an import is asked for (registration stays torch-free)
+KIND = "cak.texture"
 DEFAULT_WEIGHTS = "cak-texture-default"
 
 PARAMS = [
     Param("amount", "float", 0.5, "Texture control: 0 is a true bypass, 1 the trained top.", 0.0, 2.0),
     Param("weights", "weights", DEFAULT_WEIGHTS, "Weights name or .safetensors path (kind cak.texture)."),
-    Param("rms_match", "bool", True, "Match the output's RMS to the input's (gain clipped to 0.1 ... 10)."),
-    Param("soft_clip", "bool", True, "Soft-clip the output with tanh(0.95 x) / 0.95."),
+    Param(
+        "level",
+        "choice",
+        "match",
+        "Level stage: match (loudness of the input, limiter only above the ceiling), original "
+        "(the published RMS match + tanh soft clip), off (the raw spectral change).",
+        choices=("match", "original", "off"),
+    ),
+    Param("ceiling_db", "float", -1.0, "Peak ceiling of the match mode's limiter, dBFS.", -24.0, 0.0),
 ]
 
 SUMMARY = "Learned spectral texture (CAK): smears transients and thickens dense material."
@@ -44,11 +49,13 @@ of kind cak.texture. Import the published checkpoint with
 `cakfx weights import final_wgan_grain.pt --kind texture --stats global_normalization_stats.json --name NAME`.
 """
 
-_cache: dict[tuple[str, float], WeightsFile] = {}
+_cache: dict = {}
 
 
-def _weights(ref: str) -> WeightsFile:
+def _weights(ref: str):
     """Load (and cache by path and mtime) the texture weights ``ref`` names."""
+    from cakfx.weights import load_weights, resolve_weights
+
     path = resolve_weights(ref)
     key = (str(Path(path).resolve()), Path(path).stat().st_mtime)
     if key not in _cache:
@@ -59,17 +66,33 @@ def _weights(ref: str) -> WeightsFile:
 def create_texture(
     amount: float = 0.5,
     weights: str = DEFAULT_WEIGHTS,
-    rms_match: bool = True,
-    soft_clip: bool = True,
+    level: str = "match",
+    ceiling_db: float = -1.0,
     device=None,
-) -> TextureNode:
+):
     """Build a ``TextureNode`` from a weights name or path."""
+    from cakfx.device import resolve_device
+    from cakfx.plugins.texture.checkpoint import model_from_tensors
+    from cakfx.plugins.texture.node import TextureNode
+
     wf = _weights(weights)
     model = model_from_tensors(wf.tensors, str(wf.path))
     try:
-        return TextureNode(model, wf.stats, amount, rms_match, soft_clip, device=resolve_device(device))
+        return TextureNode(model, wf.stats, amount, level, ceiling_db, device=resolve_device(device))
     except CakfxError as exc:
         raise CakfxError(f"{wf.path}: {exc}") from None
+
+
+def load_model(weights_file, device):
+    from cakfx.plugins.texture.checkpoint import load_model as load
+
+    return load(weights_file, device)
+
+
+def import_checkpoint(checkpoint_path, stats_path):
+    from cakfx.plugins.texture.checkpoint import import_checkpoint as do_import
+
+    return do_import(checkpoint_path, stats_path)
 
 
 @hookimpl
@@ -94,4 +117,12 @@ def _analyse(weights_file, out_png):
     return draw(weights_file, out_png)
 
 
-__all__ = ["TextureNode", "create_texture", "import_checkpoint", "load_model"]
+def __getattr__(name: str):
+    if name == "TextureNode":  # lazily: it imports torch
+        from cakfx.plugins.texture.node import TextureNode
+
+        return TextureNode
+    raise AttributeError(name)
+
+
+__all__ = ["KIND", "TextureNode", "create_texture", "import_checkpoint", "load_model"]

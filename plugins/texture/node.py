@@ -40,7 +40,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from cakfx.dsp.threads import parallel_map
+from cakfx.dsp.threads import parallel_map, serial_torch_ops
 from cakfx.errors import CakfxError
 from cakfx.node import EffectNode
 from cakfx.plugins.texture import dsp
@@ -124,15 +124,10 @@ class TextureNode(EffectNode):
             return audio.copy()
         x = np.ascontiguousarray(audio, dtype=np.float32)
         channels = x.shape[0]
-        if self._stream is None:
-            self._stream = _RawStream(self, sample_rate, channels)
+        stream = self._stream
+        if stream is None or (stream.sample_rate, stream.channels) != (sample_rate, channels):
+            self._stream = _RawStream(self, sample_rate, channels)  # a new stream (process() resets too)
             self._x_delay = _Fifo(channels, self._stream.latency)
-        elif self._stream.sample_rate != sample_rate or self._stream.channels != channels:
-            was = self._stream
-            raise CakfxError(
-                f"cak.texture: a stream of {was.channels} channel(s) at {was.sample_rate:g} Hz "
-                f"got a block of {channels} at {sample_rate:g} Hz; call with reset=True to start a new stream"
-            )
         y = self._stream.push(x)
         stage = self._level_stage()
         if stage is not None:
@@ -216,7 +211,12 @@ class TextureNode(EffectNode):
             if b > a:
                 out[:, a:b] = y[:, a - start : b - start].cpu().numpy()
 
-        parallel_map(run, range(m0, m1, self.block_frames), self.device)
+        jobs = range(m0, m1, self.block_frames)
+        if len(jobs) == 1 and self.device.type == "cpu":  # a streamed block: still no OpenMP barriers
+            with serial_torch_ops():
+                run(jobs[0])
+        else:
+            parallel_map(run, jobs, self.device)
 
     def _block(self, src, origin, m0, m1, kernel, bias, window, synthesis, first_fix) -> torch.Tensor:
         """Output chunks ``[m0, m1)`` of every channel, ``(C, (m1 - m0) * HOP)``."""

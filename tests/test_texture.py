@@ -158,13 +158,14 @@ def test_amount_zero_is_a_true_bypass():
 def test_changes_the_sound_and_keeps_loudness():
     from cakfx.dsp.loudness import integrated_loudness
 
-    x = drums(2.0, channels=2)
-    y = make_node(amount=1.0, level="match")(x, 44100)
+    # the bundled default weights, on material whose peaks stay under the ceiling (no limiting)
+    x = 0.25 * drums(2.0, channels=2)
+    y = cakfx.create_effect("cak.texture", amount=1.0, device="cpu")(x, 44100)
     assert np.isfinite(y).all()
-    assert abs(integrated_loudness(y, 44100) - integrated_loudness(x, 44100)) < 0.1  # loudness matched
+    assert abs(integrated_loudness(y, 44100) - integrated_loudness(x, 44100)) < 0.05  # loudness matched
     assert np.max(np.abs(y - x)) > 0.01  # and audibly processed
     # a higher amount changes more
-    small = make_node(amount=0.4, level="match")(x, 44100)
+    small = cakfx.create_effect("cak.texture", amount=0.4, device="cpu")(x, 44100)
     assert np.sum((small - x) ** 2) < np.sum((y - x) ** 2)
 
 
@@ -382,7 +383,7 @@ def test_96k_keeps_the_band_above_the_model(level):
     t = np.arange(sr) / sr
     x = drums(1.0, sr=sr) * 0.5
     x[0] += 0.1 * np.sin(2 * np.pi * 30000 * t).astype(np.float32)
-    y = make_node(amount=1.0, level=level)(x, sr)
+    y = cakfx.create_effect("cak.texture", amount=1.0, level=level, device="cpu")(x, sr)  # bundled weights
     assert abs(band_level_db(y[0], sr, 30000) - band_level_db(x[0], sr, 30000)) < 1.0
     assert np.max(np.abs(y - x)) > 0.01  # while the model's band is processed
 
@@ -437,7 +438,7 @@ def test_import_round_trip_of_a_research_style_checkpoint(tmp_path):
     save_weights(path, tensors, kind="cak.texture", stats=meta, training=training)
     x = drums(0.3)
     got = cakfx.create_effect("cak.texture", weights=str(path), amount=0.9, device="cpu")(x, 44100)
-    assert np.array_equal(got, make_node(amount=0.9)(x, 44100))
+    assert np.array_equal(got, make_node(amount=0.9, level="match")(x, 44100))
 
 
 def test_broken_stats_in_weights_are_reported(tmp_path):

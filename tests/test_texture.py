@@ -349,6 +349,27 @@ def test_latency_is_the_measured_delay(sr):
     assert make_node(amount=0.0).latency_samples(sr) == 0  # the bypass streams without delay
 
 
+@pytest.mark.parametrize("level", ["match", "original"])
+@pytest.mark.parametrize("sr", [44100, 48000])
+def test_measured_stream_equals_one_shot_with_the_level_stage(level, sr):
+    x = 3 * stream_signal(sr, 2)  # loud enough for the limiter to act in "match"
+    node = make_node(amount=1.0, level=level)
+    one_shot = node(x, sr)
+    latency = node.latency_samples(sr)
+    assert node.needs_measure
+    node.begin_measure()  # the measuring pass (render_stream's first pass)
+    stream(node, x, RANDOM_SIZES, sr=sr, tail=latency)
+    node.end_measure()
+    node.reset()  # keeps the measurement
+    streamed = stream(node, x, RANDOM_SIZES, sr=sr, tail=latency)
+    snr = snr_db(one_shot, streamed[:, latency : latency + x.shape[1]])
+    assert snr >= 60.0, f"{snr:.1f} dB"
+    node.forget_measure()  # live: a running estimate, close but not equal
+    node.reset()
+    live = stream(node, x, RANDOM_SIZES, sr=sr, tail=latency)
+    assert np.isfinite(live).all() and live.shape == streamed.shape
+
+
 def test_reset_starts_a_new_stream():
     x = stream_signal(44100, 2)
     node = make_node(amount=1.0)

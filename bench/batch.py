@@ -80,7 +80,7 @@ def make_corpora(root: Path, args, rng: np.random.Generator) -> dict[str, Path]:
 
 def io_floor(src: Path, dst: Path) -> None:
     """soundfile read + write of every file, same format and subtype."""
-    dst.mkdir(exist_ok=True)
+    dst.mkdir(parents=True, exist_ok=True)
     for path in sorted(src.iterdir()):
         info = sf.info(path)
         audio, sr = sf.read(path, dtype="float32", always_2d=True)

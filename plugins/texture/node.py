@@ -225,7 +225,8 @@ class TextureNode(EffectNode):
         seg = _segment(src, origin, f0, f1, self.device)  # (C, (f1 - f0 + 3) * HOP)
         count = m1 - m0
         # chunk k reads hops k .. k+8 of seg (its frames and their kernel context)
-        loud = seg.reshape(seg.shape[0], -1, HOP).abs().amax(-1) > 0
+        low, high = torch.aminmax(seg.reshape(seg.shape[0], -1, HOP), dim=-1)  # one pass, no copy
+        loud = (low != 0) | (high != 0)
         silent = torch.nn.functional.max_pool1d(loud.float()[:, None], 9, 1)[:, 0] == 0  # (C, count)
         if bool(silent.all()):
             return torch.zeros(seg.shape[0], count * HOP, device=seg.device)
@@ -339,8 +340,13 @@ class _RawStream:
         if self.resampling:
             import soxr
 
-            self.down = soxr.ResampleStream(sr, MODEL_SR, channels, dtype="float32", quality="HQ")
-            self.up = soxr.ResampleStream(MODEL_SR, sr, channels, dtype="float32", quality="HQ")
+            # one mono stream per channel: rows go in and come out contiguous (no interleaving)
+            self.down = [
+                soxr.ResampleStream(sr, MODEL_SR, 1, dtype="float32", quality="HQ") for _ in range(channels)
+            ]
+            self.up = [
+                soxr.ResampleStream(MODEL_SR, sr, 1, dtype="float32", quality="HQ") for _ in range(channels)
+            ]
             self.x_fifo = _Fifo(channels)  # input waiting for the model's difference
             self.d_fifo = _Fifo(channels)  # model input waiting for the model's output
 
@@ -349,13 +355,13 @@ class _RawStream:
             self.out.push(self.frames(x))
             return self.out.pop(x.shape[1])
         self.x_fifo.push(x)
-        d = _planar(self.down.resample_chunk(np.ascontiguousarray(x.T)))
+        d = _resample_rows(self.down, x)
         if d.shape[1]:
             self.d_fifo.push(d)
             p = self.frames(d)
             if p.shape[1]:
                 diff = p - self.d_fifo.pop(p.shape[1])  # the model's change, in the model's band only
-                e = _planar(self.up.resample_chunk(np.ascontiguousarray(diff.T)))
+                e = _resample_rows(self.up, diff)
                 if e.shape[1]:
                     self.out.push(self.x_fifo.pop(e.shape[1]) + e)
         return self.out.pop(x.shape[1])
@@ -380,9 +386,10 @@ class _RawStream:
         return out
 
 
-def _planar(block: np.ndarray) -> np.ndarray:
-    """soxr's ``(n, channels)`` -> ``(channels, n)`` float32, contiguous."""
-    return np.ascontiguousarray(block.T, dtype=np.float32)
+def _resample_rows(streams: list, block: np.ndarray) -> np.ndarray:
+    """Each row of ``(channels, n)`` through its own soxr stream; every stream emits the same count."""
+    rows = [s.resample_chunk(row) for s, row in zip(streams, block)]
+    return rows[0][None] if len(rows) == 1 else np.stack(rows)
 
 
 def read_stats(stats: dict) -> tuple[float, float, float, float]:

@@ -178,6 +178,8 @@ class Chain(EffectNode):
         self._buffer_size = 8192
         self._skip: list[int] = []  # streaming: priming samples each stage still drops
         self._dropped: list[int] = []
+        self._fed: list[int] = []  # samples each stage has been given this stream
+        self._end: int | None = None
         self._out_fifo: np.ndarray | None = None  # streaming output owed, None between streams
 
     def __len__(self) -> int:
@@ -247,6 +249,7 @@ class Chain(EffectNode):
             self._skip = [0] + lats  # the last entry applies to the chain output
             self._skip[-1] = 0
             self._dropped = [0] * len(stages)
+            self._fed = [0] * len(stages)
             self._out_fifo = np.zeros((channels, 0), audio.dtype)
         for k, stage in enumerate(stages):
             if self._skip[k]:
@@ -256,6 +259,10 @@ class Chain(EffectNode):
                 self._dropped[k] += drop
             if audio.shape[1] == 0:
                 break
+            if self._end is not None and self._fed[k] + audio.shape[1] > self._end:
+                audio = audio.copy()  # past the input's end a stage hears silence, as offline
+                audio[:, max(0, self._end - self._fed[k]) :] = 0
+            self._fed[k] += audio.shape[1]
             if isinstance(stage, _NativeStage):
                 if stage.fifo is None and audio.shape[1] <= channels and self._dropped[k]:
                     # pedalboard cannot start on a block this short: give back a few of the
@@ -292,10 +299,25 @@ class Chain(EffectNode):
             self._buffer_size = int(buffer_size)
         return sum(self._stage_latency(stage, sample_rate) for stage in self._current_stages())
 
+    def end_input(self, length: int) -> None:
+        """Mark the end of the streamed input after ``length`` samples.
+
+        Offline, every stage's output stops at the input's length; streaming, a
+        reverb's tail would flow on into the next stage while the latency is
+        flushed with silence. After this call each stage hears silence past
+        ``length``, so the flushed stream equals the offline output to the last
+        sample (``render_stream`` calls it). ``reset()`` clears it.
+        """
+        self._end = int(length)
+        for stage in self._current_stages():
+            if isinstance(stage, Chain):
+                stage.end_input(length)
+
     def reset(self) -> None:
         for stage in self._current_stages():
             stage.reset()
         self._out_fifo = None
+        self._end = None
 
     @property
     def needs_measure(self) -> bool:

@@ -363,3 +363,13 @@ def test_render_stream_of_nothing_writes_nothing():
     out = []
     render_stream(cakfx.Chain([Lookahead()]), lambda: iter(()), SR, out.append)
     assert out == []
+
+
+def test_readme_streaming_example_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = (
+        readme.split("<!-- runnable: streaming-file -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    )
+    exec(compile(block, "README.md (streaming-file)", "exec"), {})

@@ -86,7 +86,7 @@ def bench_rss(presets: list[str], minutes: list[float], device: str) -> None:
                 rows.append(rss)
                 flag = "" if rc == 0 else "  FAILED"
                 size = path.stat().st_size / 1e6
-                print(f"{preset:16} {m:8g} {size:8.0f} {rss:12.0f} {wall:8.1f}{flag}")
+                print(f"{preset:16} {m:8g} {size:8.0f} {rss:12.0f} {wall:8.1f}{flag}", flush=True)
                 shutil.rmtree(out, ignore_errors=True)
             if len(rows) > 1:
                 growth = rows[-1] / rows[0]
@@ -127,18 +127,16 @@ def bench_rtf(presets: list[str], seconds: float, buffer_sizes: list[int], repea
                 times.setdefault((name, bs), []).append((time.perf_counter() - start) / seconds)
                 worst[(name, bs)] = max(worst.get((name, bs), 0.0), block_worst / (bs / RTF_SR))
     print(f"(b) real-time factor, {seconds:g} s of {RTF_SR} Hz stereo, reset=False blocks, {repeats} rounds")
-    print(
-        f"{'preset':16} {'buffer':>6} {'latency ms':>10} {'RTF min':>8} {'RTF med':>8} {'worst blk':>9}  keeps up?"
-    )
+    head = f"{'preset':16} {'buffer':>6} {'latency ms':>10} {'RTF min':>8} {'RTF med':>8} {'worst blk':>9}"
+    print(head + "  keeps up?")
     for name, chain in chains.items():
         for bs in buffer_sizes:
             rtf = times[(name, bs)]
             lat_ms = 1000 * chain.latency_samples(RTF_SR, bs) / RTF_SR
             med = statistics.median(rtf)
             verdict = "yes" if med < 0.5 and worst[(name, bs)] < 1 else ("barely" if med < 1 else "NO")
-            print(
-                f"{name:16} {bs:6d} {lat_ms:10.1f} {min(rtf):8.3f} {med:8.3f} {worst[(name, bs)]:9.2f}  {verdict}"
-            )
+            cells = f"{name:16} {bs:6d} {lat_ms:10.1f} {min(rtf):8.3f} {med:8.3f} {worst[(name, bs)]:9.2f}"
+            print(f"{cells}  {verdict}", flush=True)
     print("keeps up: yes = median RTF < 0.5 and no block took longer than its own duration;")
     print("barely = median RTF < 1 (offline real time, not safe for a live callback on this machine)")
 

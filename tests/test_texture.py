@@ -363,11 +363,28 @@ def test_measured_stream_equals_one_shot_with_the_level_stage(level, sr):
     node.reset()  # keeps the measurement
     streamed = stream(node, x, RANDOM_SIZES, sr=sr, tail=latency)
     snr = snr_db(one_shot, streamed[:, latency : latency + x.shape[1]])
-    assert snr >= 60.0, f"{snr:.1f} dB"
+    # under 0.4 s the match meter is an RMS, and it also hears the flush's last few hundred samples
+    # of the effect's tail (82 dB here); render_stream on longer material is exact (next test)
+    assert snr >= 75.0, f"{snr:.1f} dB"
     node.forget_measure()  # live: a running estimate, close but not equal
     node.reset()
     live = stream(node, x, RANDOM_SIZES, sr=sr, tail=latency)
     assert np.isfinite(live).all() and live.shape == streamed.shape
+
+
+@pytest.mark.parametrize("sr", [44100, 96000])
+def test_render_stream_of_a_preset_equals_offline(sr):
+    from cakfx.presets import build_chain, read_preset
+    from cakfx.streaming import render_stream
+
+    x = 0.8 * drums(1.0, channels=2, sr=sr)  # loud: the limiter acts
+    chain = build_chain(read_preset("texture-drums"), device="cpu")
+    offline = chain(x, sr)
+    parts = []
+    render_stream(chain, lambda: (x[:, i : i + 4096] for i in range(0, x.shape[1], 4096)), sr, parts.append)
+    streamed = np.concatenate(parts, axis=1)
+    assert streamed.shape == x.shape
+    assert snr_db(offline, streamed) >= 100.0
 
 
 def test_reset_starts_a_new_stream():

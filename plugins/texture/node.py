@@ -94,6 +94,8 @@ class TextureNode(EffectNode):
         self._stage_key = None
         self._stream: _RawStream | None = None
         self._x_delay: _Fifo | None = None
+        self._measuring = False  # between begin_measure and end_measure
+        self._priming = 0  # stream samples still to come before the signal's first (offline) sample
 
     def __repr__(self) -> str:
         return (
@@ -128,11 +130,19 @@ class TextureNode(EffectNode):
         if stream is None or (stream.sample_rate, stream.channels) != (sample_rate, channels):
             self._stream = _RawStream(self, sample_rate, channels)  # a new stream (process() resets too)
             self._x_delay = _Fifo(channels, self._stream.latency)
+            self._priming = self._stream.latency
         y = self._stream.push(x)
         stage = self._level_stage()
         if stage is not None:
             self._x_delay.push(x)
-            y = stage.stream(self._x_delay.pop(x.shape[1]), y, sample_rate)
+            xd = self._x_delay.pop(x.shape[1])
+            if self._measuring:  # the meters see the signal as offline does: no priming zeros first
+                skip = min(self._priming, x.shape[1])
+                self._priming -= skip
+                if skip < x.shape[1]:
+                    stage.stream(xd[:, skip:], y[:, skip:], sample_rate)
+                return np.zeros_like(audio)  # a measuring pass drops its output
+            y = stage.stream(xd, y, sample_rate)
         return np.asarray(y).astype(audio.dtype, copy=False)
 
     def latency_samples(self, sample_rate: float) -> int:
@@ -167,16 +177,19 @@ class TextureNode(EffectNode):
         return self.amount != 0.0 and stage is not None and bool(stage.needs_measure)
 
     def begin_measure(self) -> None:
+        self._measuring = True
         stage = self._level_stage()
         if stage is not None:
             stage.begin_measure()
 
     def end_measure(self) -> None:
+        self._measuring = False
         stage = self._level_stage()
         if stage is not None:
             stage.end_measure()
 
     def forget_measure(self) -> None:
+        self._measuring = False
         stage = self._level_stage()
         if stage is not None:
             stage.forget_measure()

@@ -250,16 +250,21 @@ def test_phase_output_follows_the_models_ask(ref_weights, reference, monkeypatch
     with torch.inference_mode():
         asked = mel.denormalise_window(model(norm[None, None], torch.tensor([1.5]))[0, 0], low, high)
 
+    # re-baselined (issue 9): bins the input has more than 60 dB below its peak keep the input (the
+    # model saw its -80 dB floor there; following the ask lifted them ~34 dB into noise), so the
+    # error is taken over the bins the input has, where the node does follow the ask
+    heard = db > -60
+
     def error(audio):
         got = mel.power_to_db(mel.mel_power(np.asarray(audio, np.float32), SR), ref=1.0, top_db=None)
-        diff = (got[:, :256] - asked)[asked >= asked.max() - 60]
+        diff = (got[:, :256] - asked)[(asked >= asked.max() - 60) & heard]
         return float((diff - diff.mean()).abs().mean())
 
     node = grain(ref_weights, grain=1.5)
     ours = node(io["input_chunk"], SR)
     original, _ = sf.read(reference / "grain" / "original_output_grain_+1.5_griffinlim_seed0.wav")
-    assert error(io["input_chunk"]) > 10  # the model asks for a big change ...
-    assert error(ours) < error(original) < 1.3  # ... which we follow at least as closely as the original
+    assert error(io["input_chunk"]) > 8  # the model asks for a big change ...
+    assert error(ours) < error(original) < 1.5  # ... which we follow at least as closely as the original
     monkeypatch.setattr(grain_node, "CORRECT", False)
     assert error(ours) + 0.1 < error(node(io["input_chunk"], SR))  # the correction pass earns its keep
 
@@ -307,3 +312,60 @@ def test_cli_import_then_process_with_set(reference, tmp_path):
     assert sr == 48000 and y.shape == x.T.shape
     expected = grain("my-grain", grain=-1.5)(x, 48000)
     np.testing.assert_allclose(y.T, expected, atol=1e-5)
+
+
+# ---- no damage: clicks, empty bands, the mask's range ------------------------------------------
+
+
+def spectrogram_db(y: np.ndarray, floor_db: float = -80.0) -> np.ndarray:
+    """Power spectrogram (channels summed) in dB re its peak, floored ``floor_db`` below it."""
+    power = mel.power_spectrogram(np.atleast_2d(y).astype(np.float64)).sum(0).numpy()
+    db = 10 * np.log10(power / power.max() + 1e-30)
+    return np.maximum(db, floor_db)
+
+
+def click_figure(y: np.ndarray) -> float:
+    """Largest frame-to-frame broadband rise: the mean over bins of each frame's dB rise, at its worst."""
+    return float(np.maximum(np.diff(spectrogram_db(y), axis=1), 0.0).mean(axis=0).max())
+
+
+def test_a_slow_pad_gets_no_click_and_keeps_its_level():
+    from cakfx.demo import chord_pad
+
+    x = chord_pad()  # 0.5 s attack and release: corners at 0.5 s and 3.5 s used to click
+    out = grain("cak-grain-default", grain=1.5)(x, SR)
+    assert np.isfinite(out).all()
+    assert click_figure(out) < click_figure(x) + 3.0, (click_figure(x), click_figure(out))  # was +19 dB
+    rms = [20 * np.log10(np.sqrt(np.mean(a**2))) for a in (x, out)]
+    assert abs(rms[1] - rms[0]) < 1.0, rms  # was 21 dB quieter (one click pulled the file down)
+
+
+def test_empty_bands_are_not_lifted():
+    from scipy.signal import butter, sosfilt
+
+    rng = np.random.default_rng(3)
+    # band-limited noise (speech-like: nothing above 3 kHz) over a quiet sub-bass-free floor
+    x = sosfilt(butter(12, [300, 3000], btype="band", fs=SR, output="sos"), rng.standard_normal(3 * SR))
+    x = (0.3 * x / np.abs(x).max()).astype(np.float32)
+    out = grain("cak-grain-default", grain=1.5)(x, SR)
+    freqs = np.linspace(0, SR / 2, 1025)
+    for lo, hi in ((6000, 20000), (0, 60)):
+        band = (freqs >= lo) & (freqs < hi)
+        before = spectrogram_db(x, -120)[band].mean()
+        after = spectrogram_db(out, -120)[band].mean()
+        assert after < max(before, -100.0) + 6.0, (lo, hi, before, after)  # was lifted by 45 and 80 dB
+
+
+def test_the_masks_gain_range_is_bounded():
+    power = torch.rand(1025, 6, dtype=torch.float64) + 1e-3
+    fb = mel.mel_filterbank(SR, dtype=torch.float64)
+    produced = fb @ power
+    for factor, bound in ((1e9, grain_node.MAX_BOOST_DB), (1e-9, -grain_node.MAX_CUT_DB)):
+        gain = grain_node.refine_mask(power, produced * factor, fb)
+        worst = 20 * torch.log10(gain).abs().max()
+        assert worst == pytest.approx(abs(bound), abs=1e-6)
+
+
+def test_bands_under_the_models_floor_keep_the_input():
+    db = torch.tensor([-80.0, -70.0, -60.0, -10.0])
+    torch.testing.assert_close(grain_node.floor_weight(db), torch.tensor([0.0, 0.5, 1.0, 1.0]))

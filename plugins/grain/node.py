@@ -13,7 +13,10 @@ and back to the exact input length):
    first 256 is the same up to the last few frames' context). Per window:
    ``power_to_db`` (ref = the window's max, top_db 80), min-max to [-1, 1],
    the model, and back to dB with the same window's min/max: the mel power
-   the model asks for.
+   the model asks for. Bands the input has more than 60 dB below the window's
+   peak keep the input (``floor_weight``): the model sees everything under
+   -80 dB as one floor value, and following its ask there lifted empty regions
+   20-80 dB into hiss and made an envelope's corner click.
 3. Windows overlap by 43 frames (0.5 s, the original's crossfade) and their
    asks crossfade there (raised-cosine weights, in dB), so there are no level
    steps at window borders.
@@ -29,7 +32,8 @@ and back to the exact input length):
    ``"griffinlim"``: as the original did it (``plugins/grain/griffinlim.py``).
    Each window's ask is first shifted to the input window's total mel power:
    the model shapes the spectrum, its raw level is meaningless (at grain -3
-   its peaks sit ~900 dB above the window max).
+   its peaks sit ~900 dB above the window max). A bin's gain stays within
+   ``-MAX_CUT_DB ... +MAX_BOOST_DB``.
 5. ``rms_match``: one gain over all channels restores the input's RMS, then,
    as the original, the whole output is scaled down if a peak exceeds 0.95.
 
@@ -57,7 +61,9 @@ BLOCK_FRAMES = 2048  # STFT frames per reconstruction block (~24 s)
 REFINE_STEPS = 3
 CORRECT = True  # one pass against the real output's mel power (one more inverse + forward STFT)
 CORRECTION_LIMIT_DB = 10.0  # per band: a band the mask cannot reach must not drag its bins' neighbours
-MAX_GAIN_DB = 120.0  # a bin is raised at most this much (keeps float32 finite; silence stays silent)
+MAX_BOOST_DB = 36.0  # a bin is raised at most this much (the model's largest asks within its range, +34 dB)
+MAX_CUT_DB = 60.0  # ... and lowered at most this much (below that it is gone anyway)
+FLOOR_DB = (-80.0, -60.0)  # bands this far below the window's peak: the model saw its -80 dB floor there
 RMS_LIMITS = (0.01, 100.0)
 PEAK = 0.95  # after the RMS match, as the original: peaks above this scale the whole output down
 
@@ -107,6 +113,20 @@ def level_match(asked_db: torch.Tensor, power: torch.Tensor) -> torch.Tensor:
     return asked_db + (input_total - asked_total)[..., None, None]
 
 
+def floor_weight(db: torch.Tensor) -> torch.Tensor:
+    """How much of the model's ask a band gets, from its input dB re the window's peak.
+
+    The model sees everything below -80 dB as one floor value, so what it asks
+    for there says nothing about the input: those bands keep the input (weight
+    0), bands above -60 dB get the ask (weight 1), a linear ramp in between.
+    Without this, empty regions (the air above a pad's partials, the broadband
+    trace of an envelope's corner) were lifted 20-40 dB into audible noise and
+    clicks.
+    """
+    low, high = FLOOR_DB
+    return ((db - low) / (high - low)).clamp_(0.0, 1.0)
+
+
 def model_targets(model, mel_pow: torch.Tensor, grain: float) -> torch.Tensor:
     """The mel power (in dB, absolute) the model asks for, windows crossfaded: ``(C, n_mels, frames)``."""
     channels, _, frames = mel_pow.shape
@@ -125,6 +145,8 @@ def model_targets(model, mel_pow: torch.Tensor, grain: float) -> torch.Tensor:
             control = torch.full((len(batch),), float(grain), device=power.device)
             out = model(norm[:, None].contiguous(memory_format=torch.channels_last), control)[:, 0]
         asked = level_match(mel.denormalise_window(out, low, high), power)
+        given = 10.0 * torch.log10(power.clamp_min(mel.AMIN))
+        asked = given + floor_weight(db) * (asked - given)
         for (c, s), target in zip(batch, asked):
             w = crossfade_weights(width, s > 0, s + width < frames, fade).to(acc)
             acc[c, :, s : s + width] += target * w
@@ -142,10 +164,10 @@ def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, ste
     the filterbank normalised per bin (a geometric mean, so one band asking for
     a huge boost does not swamp a bin it shares with a quiet neighbour). The
     first step is the one-shot mask; ``steps`` more refine it. A bin's gain
-    stays below ``MAX_GAIN_DB``. ``produced`` may pass in ``fb @ power``.
+    stays within ``-MAX_CUT_DB ... +MAX_BOOST_DB``. ``produced`` may pass in ``fb @ power``.
     """
     spread = (fb / fb.sum(0, keepdim=True).clamp_min(1e-12)).T  # (bins, mels), rows sum to 1
-    max_log = MAX_GAIN_DB * math.log(10.0) / 10.0
+    min_log, max_log = (d * math.log(10.0) / 10.0 for d in (-MAX_CUT_DB, MAX_BOOST_DB))
     tiny = torch.finfo(power.dtype).tiny
     log_target = target.clamp_min(tiny).log()
     log_gain = None
@@ -154,7 +176,7 @@ def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, ste
             produced = fb @ (power if log_gain is None else log_gain.exp() * power)
         log_ratio = log_target - produced.clamp_min(tiny).log()
         step_gain = spread @ log_ratio
-        log_gain = (step_gain if log_gain is None else log_gain.add_(step_gain)).clamp_(max=max_log)
+        log_gain = (step_gain if log_gain is None else log_gain.add_(step_gain)).clamp_(min_log, max_log)
     return (0.5 * log_gain).exp_()
 
 
@@ -228,9 +250,9 @@ def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, f
     limit = CORRECTION_LIMIT_DB * math.log(10.0) / 10.0
     log_ratio = (target.clamp_min(tiny).log() - actual.clamp_min(tiny).log()).clamp(-limit, limit)
     spread = (fb / fb.sum(0, keepdim=True).clamp_min(1e-12)).T
-    max_log = MAX_GAIN_DB * math.log(10.0) / 20.0  # amplitude
+    min_log, max_log = (d * math.log(10.0) / 20.0 for d in (-MAX_CUT_DB, MAX_BOOST_DB))  # amplitude
     log_gain = gain[..., first:last].clamp_min(tiny).log() + 0.5 * (spread @ log_ratio)
-    return log_gain.clamp_(max=max_log).exp_()
+    return log_gain.clamp_(min_log, max_log).exp_()
 
 
 def phase_reconstruct(blocks: FrameBlocks, target_db: torch.Tensor, mel_pow: torch.Tensor,

@@ -400,18 +400,34 @@ def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
     return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference**2) / noise))
 
 
-@pytest.mark.parametrize("sr,channels", [(44100, 1), (44100, 2), (48000, 1), (48000, 2)])
-def test_streaming_equals_one_shot_delayed(random_weights, sr, channels):
+# one sample at a time over the stream's start, then bigger blocks (a stereo stream's first block is
+# 3 samples: a lone (2, 1) block reads as channels-last, as in pedalboard; the node then knows its format)
+ONES = [3] + [1] * 3000 + [4096]
+RANDOM = [int(n) for n in np.random.default_rng(5).integers(1, 20000, 40)]
+CHUNKINGS = {"ones": ONES, "511": [511], "8192": [8192], "65536": [65536], "random": RANDOM}
+
+
+@pytest.mark.parametrize("sr,channels,chunkings", [
+    (44100, 1, ("ones", "65536")), (44100, 2, ("511", "random")),
+    (48000, 1, ("8192", "random")), (48000, 2, ("ones", "511")),
+])
+def test_streaming_equals_one_shot_delayed(random_weights, sr, channels, chunkings):
     node = grain(random_weights, grain=1.5, level="off")
     x = drums(1.2, sr, channels=channels)
     one_shot = node(x, sr)
-    rng = np.random.default_rng(sr + channels)
-    random_sizes = [int(n) for n in rng.integers(1, 20000, 40)]
-    for sizes in ([8192], [65536], [511], random_sizes):
-        assert snr_db(one_shot, stream(node, x, sr, sizes)) >= 40.0, sizes
-    # one sample at a time, then the rest in bigger blocks: the start of the stream
-    ones = stream(node, x, sr, [1] * 3000 + [4096])
-    assert snr_db(one_shot, ones) >= 40.0
+    for name in chunkings:
+        assert snr_db(one_shot, stream(node, x, sr, CHUNKINGS[name])) >= 40.0, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sr", [44100, 48000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_streaming_equals_one_shot_on_every_chunking(random_weights, sr, channels):
+    node = grain(random_weights, grain=-1.0, level="off")
+    x = drums(2.0, sr, channels=channels)
+    one_shot = node(x, sr)
+    for name, sizes in CHUNKINGS.items():
+        assert snr_db(one_shot, stream(node, x, sr, sizes)) >= 40.0, name
 
 
 def test_latency_is_explicit_and_matches_the_delay(random_weights):

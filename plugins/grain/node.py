@@ -59,7 +59,7 @@ import torch
 from cakfx import mel
 from cakfx.device import resolve_device
 from cakfx.dsp.level import LevelStage
-from cakfx.dsp.resample import DelayLine, HighBand, StreamResampler, band_split, resample
+from cakfx.dsp.resample import HighBand, StreamResampler, band_split, resample
 from cakfx.dsp.threads import parallel_map
 from cakfx.errors import CakfxError
 from cakfx.node import EffectNode
@@ -519,11 +519,10 @@ class GrainNode(EffectNode):
             lead = state["down"].latency  # the down resampler's priming zeros: the engine skips them
             if sr > MODEL_SR:
                 state["high"] = HighBand(sr, channels)
-                state["high_delay"] = DelayLine(channels, core * sr // MODEL_SR)
+                state["high_delay"] = Delay(channels, core * sr // MODEL_SR)
         state["skip"] = lead
-        state["fifo"] = deque([np.zeros((channels, core + lead), np.float32)])
-        state["fifo_len"] = core + lead
-        state["input_delay"] = DelayLine(channels, self.path_latency(sample_rate))
+        state["fifo"] = Delay(channels, core + lead)
+        state["input_delay"] = Delay(channels, self.path_latency(sample_rate))
         return state
 
     def _model_path_stream(self, x: np.ndarray, sample_rate: float) -> np.ndarray:
@@ -537,14 +536,8 @@ class GrainNode(EffectNode):
             x44, state["skip"] = x44[:, drop:], state["skip"] - drop
         engine = state["engine"]
         engine.feed(x44)
-        made = engine.run()
-        if made.shape[-1]:
-            state["fifo"].append(made)
-            state["fifo_len"] += made.shape[-1]
-        if count > state["fifo_len"]:  # engine_latency() is the worst case: this cannot happen
-            raise RuntimeError(f"cak.grain stream ran dry ({count} > {state['fifo_len']})")
-        y44 = _take(state["fifo"], count, x.shape[0])
-        state["fifo_len"] -= count
+        state["fifo"].push(engine.run())
+        y44 = state["fifo"].pop(count)  # engine_latency() is its worst case: it never runs dry
         if "up" not in state:
             return y44
         y = state["up"].process(y44, frames=x.shape[-1])
@@ -582,20 +575,43 @@ class GrainNode(EffectNode):
                 f"level={self.level} ceiling_db={self.ceiling_db:g}>")
 
 
-def _take(fifo: deque, count: int, channels: int) -> np.ndarray:
-    """The first ``count`` samples of the blocks queued in ``fifo`` (removed from it)."""
-    out = np.empty((channels, count), np.float32)
-    filled = 0
-    while filled < count:
-        head = fifo[0]
-        k = min(count - filled, head.shape[-1])
-        out[:, filled : filled + k] = head[:, :k]
-        filled += k
-        if k == head.shape[-1]:
-            fifo.popleft()
-        else:
-            fifo[0] = head[:, k:]
-    return out
+class Delay:
+    """A queue of ``(C, n)`` blocks that starts with ``samples`` zeros: ``process`` delays a block.
+
+    Costs what the blocks cost, not what the delay holds (a delay of seconds fed one sample
+    at a time must not copy seconds per call).
+    """
+
+    def __init__(self, channels: int, samples: int) -> None:
+        self.channels = int(channels)
+        self.blocks: deque = deque([np.zeros((self.channels, int(samples)), np.float32)])
+        self.length = int(samples)
+
+    def push(self, block: np.ndarray) -> None:
+        if block.shape[-1]:
+            self.blocks.append(np.asarray(block, dtype=np.float32))
+            self.length += block.shape[-1]
+
+    def pop(self, count: int) -> np.ndarray:
+        if count > self.length:
+            raise RuntimeError(f"cak.grain: a stream ran dry ({count} samples asked, {self.length} queued)")
+        out = np.empty((self.channels, count), np.float32)
+        filled = 0
+        while filled < count:
+            head = self.blocks[0]
+            k = min(count - filled, head.shape[-1])
+            out[:, filled : filled + k] = head[:, :k]
+            filled += k
+            if k == head.shape[-1]:
+                self.blocks.popleft()
+            else:
+                self.blocks[0] = head[:, k:]
+        self.length -= count
+        return out
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        self.push(block)
+        return self.pop(block.shape[-1])
 
 
 __all__ = ["GrainEngine", "GrainNode", "HOP", "N_FFT", "engine_latency"]

@@ -466,3 +466,15 @@ def test_a_96k_tone_above_the_models_band_passes_unchanged(random_weights):
         return 20 * np.log10(spectrum[np.abs(freqs - 30000) < 50].max())
 
     assert abs(tone_db(out) - tone_db(x)) < 1.0
+
+
+@pytest.mark.parametrize("level", ["match", "original"])
+def test_a_measured_stream_equals_one_shot_with_the_level_stage_on(random_weights, level):
+    node = grain(random_weights, grain=1.5, level=level)
+    assert node.needs_measure
+    x = drums(1.5, SR, channels=2)
+    one_shot = node(x, SR)
+    node.begin_measure()  # what cakfx.streaming.render_stream does: a measuring pass, then the render
+    stream(node, x, SR, [8192])
+    node.end_measure()
+    assert snr_db(one_shot, stream(node, x, SR, [8192])) >= 60.0

@@ -523,6 +523,7 @@ class GrainNode(EffectNode):
         state["skip"] = lead
         state["fifo"] = Delay(channels, core + lead)
         state["input_delay"] = Delay(channels, self.path_latency(sample_rate))
+        state["priming"] = self.path_latency(sample_rate)
         return state
 
     def _model_path_stream(self, x: np.ndarray, sample_rate: float) -> np.ndarray:
@@ -553,8 +554,14 @@ class GrainNode(EffectNode):
         x = np.ascontiguousarray(audio, dtype=np.float32)
         y = np.nan_to_num(self._model_path_stream(x, sample_rate), nan=0.0, posinf=0.0, neginf=0.0)
         x_aligned = self._stream["input_delay"].process(x)
-        y = self.level_stage.stream(x_aligned, y, sample_rate)
-        return np.asarray(y).astype(audio.dtype, copy=False)
+        # the path's priming zeros stay out of the level stage: its meters (BS.1770 gating blocks,
+        # RMS) then see the signal from its first sample, as offline
+        priming = min(self._stream["priming"], x.shape[-1])
+        self._stream["priming"] -= priming
+        y_level = self.level_stage.stream(x_aligned[:, priming:], y[:, priming:], sample_rate)
+        if priming:
+            y_level = np.concatenate([np.zeros((x.shape[0], priming), np.float32), y_level], axis=-1)
+        return np.asarray(y_level).astype(audio.dtype, copy=False)
 
     # the level stage's measuring protocol (a streamed render measures the loudness first)
     @property

@@ -136,8 +136,8 @@ def test_stream_with_measurement_equals_offline_delayed(music, click):
     stage = LevelStage()
     offline = stage.apply(music, y_raw, SR)
     assert stage.last["limiting"] == click
-    lat = stage.latency_samples(SR, 2)
-    assert lat == limiter_latency(SR, 2) > 0  # the same whether or not the limiter acts
+    lat = stage.latency_samples(SR)
+    assert lat == limiter_latency(SR) > 0  # the same whether or not the limiter acts
     rng = np.random.default_rng(0)
     for sizes in ([8192] * 100, [511] * 1000, rng.integers(1, 6000, 1000)):
         out = measured(stage, music, y_raw, sizes)
@@ -177,7 +177,7 @@ def test_live_stream_is_close_to_offline(music):
     y_raw = effect(music, 0.3)
     stage = LevelStage()
     offline = stage.apply(music, y_raw, SR)
-    lat = stage.latency_samples(SR, 2)
+    lat = stage.latency_samples(SR)
     live = stream(stage, music, y_raw, [512] * 1000)[:, lat:]
     ref = offline[:, : live.shape[1]]
     diff_lu = integrated_loudness(live, SR) - integrated_loudness(ref, SR)
@@ -201,3 +201,25 @@ def test_bad_settings_get_one_clear_error():
     with pytest.raises(ValueError, match="original must be"):
         LevelStage("original", original="reverb")
     assert repr(LevelStage()) == "LevelStage(mode='match', ceiling_db=-1, original='texture')"
+
+
+@pytest.mark.parametrize("mode", ["match", "original"])
+def test_mono_in_stereo_out_streams(music, mode):
+    x = music[:1]
+    y_raw = effect(music, 0.5)
+    stage = LevelStage(mode)
+    offline = stage.apply(x, y_raw, SR)
+    lat = stage.latency_samples(SR)
+    out = measured(stage, x, y_raw, [1000] * 1000)
+    assert np.abs(out[:, lat:] - offline[:, : offline.shape[1] - lat]).max() < 1e-5
+    stage.forget_measure()
+    assert stream(stage, x, y_raw, [1000] * 1000).shape == y_raw.shape  # live
+
+
+def test_non_finite_raw_output_never_reaches_the_output(music):
+    y_raw = effect(music, 0.3)
+    y_raw[0, 1000:1010] = np.nan
+    y_raw[1, 5] = np.inf
+    for mode in ("match", "original", "off"):
+        assert np.isfinite(LevelStage(mode).apply(music, y_raw, SR)).all()
+        assert np.isfinite(stream(LevelStage(mode), music, y_raw, [4096] * 100)).all()

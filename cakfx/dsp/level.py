@@ -50,7 +50,7 @@ Offline and streaming
 ``apply(x, y_raw, sr)`` measures the whole signals (any fixed measurement is ignored) and returns
 output aligned with the input. ``stream(x_block, y_raw_block, sr)`` returns a block of the same
 length, delayed by ``latency_samples(sr)``: for ``"match"`` the limiter's look-ahead plus its
-block buffering (343 samples at 44.1 kHz, 373 at 48 kHz), constant whether or not the limiter
+block buffering (343 samples at 44.1 kHz, 363 at 48 kHz, 603 at 96 kHz), constant whether or not the limiter
 acts; 0 for the other modes.
 
 With a fixed measurement (``begin_measure()``, stream every block, ``end_measure()``; then
@@ -100,11 +100,12 @@ def _limiter(ceiling_db: float):
 
 
 @functools.cache
-def _limiter_withheld(sample_rate: int, channels: int) -> int:
+def _limiter_withheld(sample_rate: int) -> int:
     """Samples pedalboard's limiter holds back in streaming (``reset=False``) use: it returns
-    fewer samples than it is given until its look-ahead is full, then as many as it is given."""
+    fewer samples than it is given until its look-ahead is full, then as many as it is given
+    (280 at 44.1 kHz with the true-peak sidechain; the same for any channel count)."""
     limiter = _limiter(-1.0)
-    zeros = np.zeros((channels, LIMITER_BLOCK), np.float32)
+    zeros = np.zeros((1, LIMITER_BLOCK), np.float32)
     fed = produced = 0
     while fed < sample_rate // 10:  # well past the 5 ms look-ahead and the oversampler
         produced += limiter.process(zeros, sample_rate, buffer_size=LIMITER_BLOCK, reset=False).shape[-1]
@@ -112,19 +113,27 @@ def _limiter_withheld(sample_rate: int, channels: int) -> int:
     return fed - produced
 
 
-def limiter_latency(sample_rate: float, channels: int = 1) -> int:
+def limiter_latency(sample_rate: float) -> int:
     """Latency of the streamed limiter: pedalboard's look-ahead plus the block buffering."""
-    return LIMITER_BLOCK - 1 + _limiter_withheld(int(round(sample_rate)), channels)
+    return LIMITER_BLOCK - 1 + _limiter_withheld(int(round(sample_rate)))
 
 
 class _StreamLimiter:
     """``pedalboard.BrickwallLimiter`` fed fixed ``LIMITER_BLOCK``-sample blocks, its output delayed
-    to a constant ``latency``: the offline (``reset=True``, latency-compensated) result delayed."""
+    to a constant ``latency``: the offline (``reset=True``, latency-compensated) result delayed.
+
+    How pedalboard handles the look-ahead (measured, 0.9.26): with ``reset=True`` it compensates
+    it (output aligned with the input, same length); with ``reset=False`` it withholds the first
+    look-ahead samples (returns fewer samples than given, then as many) so what comes out is the
+    offline output, just late, and the last samples only come with later input. Fed fixed blocks
+    of 32 samples or more, the concatenated stream equals the offline output bit for bit; fed
+    1-sample blocks it does not. Hence the fixed blocks here and a constant delay on top.
+    """
 
     def __init__(self, ceiling_db: float, sample_rate: int, channels: int) -> None:
         self.sample_rate, self.channels = sample_rate, channels
         self.limiter = _limiter(ceiling_db)
-        self.latency = limiter_latency(sample_rate, channels)
+        self.latency = limiter_latency(sample_rate)
         self._pending = np.zeros((channels, 0), np.float32)  # input not yet a whole block
         self._ready = np.zeros((channels, self.latency), np.float32)  # output not yet returned
 
@@ -223,7 +232,7 @@ class LevelStage:
     def _original_gains(self, rms_in, rms_out, peak_out: float) -> tuple[np.ndarray | float, float]:
         """Texture: per-channel gains (rms per channel given). Grain: one gain and the peak scale."""
         if self.original == "texture":
-            rms_in, rms_out = np.atleast_1d(rms_in), np.atleast_1d(rms_out)
+            rms_in, rms_out = np.broadcast_arrays(np.atleast_1d(rms_in), np.atleast_1d(rms_out))  # mono in
             ratio = np.divide(rms_in, rms_out, out=np.ones_like(rms_in), where=rms_out > 0)
             return np.where(rms_out > 0, np.clip(ratio, *TEXTURE_GAIN_LIMITS), 1.0), 1.0
         # grain: RMS over all channels together (the mean of the per-channel mean squares)
@@ -243,9 +252,9 @@ class LevelStage:
         return out * np.asarray(scale, dtype=y.dtype) if scale != 1.0 else out
 
     # -- streaming -------------------------------------------------------------------------
-    def latency_samples(self, sample_rate: float, channels: int = 1) -> int:
+    def latency_samples(self, sample_rate: float) -> int:
         """Delay of ``stream`` output: the limiter's for ``"match"``, else 0."""
-        return limiter_latency(sample_rate, channels) if self.mode == "match" else 0
+        return limiter_latency(sample_rate) if self.mode == "match" else 0
 
     @property
     def needs_measure(self) -> bool:
@@ -295,31 +304,33 @@ class LevelStage:
         ya = np.nan_to_num(np.asarray(ya, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         sr = int(round(sample_rate))
         state = self._state
-        if state is None or state["sr"] != sr or state["channels"] != ya.shape[0]:
-            state = self._state = self._new_state(sr, ya.shape[0])
+        xa = np.asarray(xa)
+        shape = (sr, ya.shape[0], xa.shape[0])
+        if state is None or state["shape"] != shape:
+            state = self._state = self._new_state(*shape)
         if self.mode == "off":
             return back(ya)
         if self._measuring is not None:
-            self._accumulate(np.asarray(xa), ya, sr)
+            self._accumulate(xa, ya, sr)
             return back(state["delay"].process(ya) if self.mode == "match" else ya)
         if self.mode == "original":
-            return back(self._stream_original(np.asarray(xa), ya, state))
+            return back(self._stream_original(xa, ya, state))
         if self._fixed is not None:
             out = ya * np.float32(_db_to_gain(self._fixed["gain_db"]))
             stage = state["limiter"] if self._fixed["limiting"] else state["delay"]
             return back(stage.process(out))
-        return back(state["limiter"].process(self._live_gain(np.asarray(xa), ya, state)))
+        return back(state["limiter"].process(self._live_gain(xa, ya, state)))
 
-    def _new_state(self, sr: int, channels: int) -> dict:
-        state = {"sr": sr, "channels": channels}
+    def _new_state(self, sr: int, channels: int, in_channels: int) -> dict:
+        state = {"shape": (sr, channels, in_channels), "sr": sr}
         if self.mode == "match":
             state["limiter"] = _StreamLimiter(self.ceiling_db, sr, channels)
             state["delay"] = DelayLine(channels, state["limiter"].latency)
-            state["in"] = LoudnessMeter(sr, channels)
+            state["in"] = LoudnessMeter(sr, in_channels)
             state["out"] = LoudnessMeter(sr, channels)
             state["gain_db"] = 0.0
         else:
-            state.update(n=0, sq_in=np.zeros(channels), sq_out=np.zeros(channels), peak_out=0.0)
+            state.update(n=0, sq_in=np.zeros(in_channels), sq_out=np.zeros(channels), peak_out=0.0)
         return state
 
     def _accumulate(self, x: np.ndarray, y: np.ndarray, sr: int) -> None:

@@ -56,7 +56,8 @@ class EffectNode:
     sample_rate)``, which continues from the previous call. Each output block
     has its input block's length, and the concatenated output equals the offline
     output delayed by ``latency_samples(sample_rate)`` samples: the first
-    ``latency`` samples of a stream are priming (zeros). Feed that many samples of
+    ``latency`` samples of a stream are zeros (exactly zeros, so that a stateful
+    stage after it sees the delayed offline signal, nothing else). Feed that many samples of
     silence after the end to flush the tail. A change of sample rate or channel
     count between streaming calls starts a new stream (``reset()`` first), as in
     pedalboard. The first block of a stream fixes its channel count (its smaller
@@ -122,7 +123,13 @@ class EffectNode:
             raise CakfxError(f"sample rate must be positive, got {sample_rate}")
         if int(buffer_size) < 1:
             raise CakfxError(f"buffer size must be at least 1, got {buffer_size}")
-        sample_rate = float(sample_rate)
+        out = self.process_block(audio, float(sample_rate), int(buffer_size), bool(reset))
+        return from_channels_first(out, layout, input_array.dtype)
+
+    def process_block(
+        self, audio: np.ndarray, sample_rate: float, buffer_size: int, reset: bool
+    ) -> np.ndarray:
+        """``process`` on ``(channels, samples)`` audio, no layout guessing (chains call this)."""
         self._last_sample_rate = sample_rate
         stream_format = (sample_rate, audio.shape[0])
         if reset:
@@ -132,14 +139,14 @@ class EffectNode:
             self.reset()  # a new stream: pedalboard resets on a format change too
             self._stream_format = stream_format
         if audio.shape[1] == 0:
-            return from_channels_first(audio, layout, input_array.dtype)
+            return audio
         if reset:
             out = self.process_channels(audio, sample_rate)
         else:
             out = self.stream_channels(audio, sample_rate)
         if out.shape != audio.shape:  # a contract breach inside the effect, not user error
             raise RuntimeError(f"{self.name} changed the shape {audio.shape} -> {out.shape}")
-        return from_channels_first(out, layout, input_array.dtype)
+        return out
 
     __call__ = process
 
@@ -171,7 +178,10 @@ class EffectNode:
         return int(self.latency_samples(self._last_sample_rate))
 
     def reset(self) -> None:
-        """Clear streaming state (a fixed level measurement is kept); stateless nodes need nothing."""
+        """Clear streaming state; a fixed level measurement, or one under way, is kept.
+
+        Stateless nodes need nothing.
+        """
 
     @property
     def needs_measure(self) -> bool:

@@ -473,7 +473,7 @@ class GrainNode(EffectNode):
             return y44
         y = resample(y44, MODEL_SR, sample_rate, length=x.shape[-1])
         if int(round(sample_rate)) > MODEL_SR:  # the band the model cannot see passes unchanged
-            y = y + band_split(x, sample_rate)[1]
+            y = y + band_split(x, sample_rate, down=x44)[1]
         return y
 
     def process_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:

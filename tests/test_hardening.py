@@ -18,6 +18,9 @@ import torch
 from click.testing import CliRunner
 
 import cakfx
+import cakfx.audio
+import cakfx.batch
+import cakfx.weights
 from cakfx.cli import cli
 from cakfx.paths import user_presets_dir, user_weights_dir
 from cakfx.weights import bundled_dir, save_weights

@@ -55,8 +55,14 @@ def render_stream(
     are forgotten at the end, so the chain's later live use starts from its running
     estimates.
     """
+    import pedalboard
+
     from cakfx.chain import Chain
 
+    if not isinstance(chain, (EffectNode, pedalboard.Plugin)):
+        # any other callable ``f(audio, sample_rate)`` cannot stream: one offline call
+        _render_whole(chain, blocks, sample_rate, sink, buffer_size)
+        return
     if not isinstance(chain, EffectNode):
         chain = Chain([chain])  # a bare pedalboard plugin
     measured: list[EffectNode] = []
@@ -70,6 +76,17 @@ def render_stream(
     finally:
         for node in measured:
             node.forget_measure()
+
+
+def _render_whole(fn, blocks, sample_rate: float, sink, buffer_size: int) -> None:
+    """Gather the input, call ``fn(audio, sample_rate)`` once, hand the result to ``sink`` in blocks."""
+    parts = [np.asarray(b, dtype=np.float32) for b in blocks()]
+    if not parts:
+        return
+    out = np.asarray(fn(np.concatenate(parts, axis=-1), sample_rate))
+    step = max(1, int(buffer_size))
+    for start in range(0, out.shape[-1], step):
+        sink(out[:, start : start + step])
 
 
 def _run(chain: EffectNode, blocks, sample_rate: float, sink, buffer_size: int) -> None:

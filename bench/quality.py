@@ -350,20 +350,22 @@ DIRECTION_SETTINGS = (
 )
 
 
-def directions(items: list[dict]) -> list[dict]:
+def directions(items: list[dict], weights: dict[str, str] | None = None) -> list[dict]:
     """Median change of flatness, centroid, loudness and spectrum per control value, level stage on/off."""
     real = [i for i in items if i["kind"] != "silence" and not i["label"].startswith(("synthetic", "96 kHz"))]
     out = []
     for effect, param, values in DIRECTION_SETTINGS:
         for level_name, extra in (("default", {}), ("off", _node_level_off(effect))):
             for value in values:
-                node = cakfx.create_effect(effect, device="cpu", **{param: value}, **extra)
+                chosen = {"weights": weights[effect]} if weights and weights.get(effect) else {}
+                node = cakfx.create_effect(effect, device="cpu", **{param: value}, **extra, **chosen)
                 rows = [measure_pair(i["audio"], np.nan_to_num(node(i["audio"], i["sr"])), i["sr"])
                         for i in real]
                 flat = [r["d_flatness"] for r in rows]
                 cen = [r["d_centroid_hz"] for r in rows]
                 out.append({
                     "effect": effect, "param": param, "value": value, "level": level_name, "files": len(rows),
+                    "weights": (weights or {}).get(effect) or "default",
                     "d_flatness_median": float(np.median(flat)),
                     "flatness_up": sum(f > 0 for f in flat), "flatness_down": sum(f < 0 for f in flat),
                     "d_centroid_median_hz": float(np.median(cen)),
@@ -415,7 +417,8 @@ def print_summary(summary: dict) -> None:
 
 
 def print_directions(rows: list[dict]) -> None:
-    print("\ncontrol directions on the real files (median over files; up/down = files)")
+    used = sorted({f"{r['effect']}: {r['weights']}" for r in rows})
+    print(f"\ncontrol directions on the real files (median over files; up/down = files); {'; '.join(used)}")
     head = ("control", "level", "dFlat", "up/down", "dCent Hz", "up/down", "dLU", "chg dB")
     print(f"{head[0]:22s}{head[1]:>8s}" + "".join(f"{h:>10s}" for h in head[2:]))
     for r in rows:
@@ -441,6 +444,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write rows, summaries, notes as JSON")
     parser.add_argument("--seconds", type=float, default=6.0, help="cut each file to this length")
     parser.add_argument("--directions", action="store_true", help="measure each neural control's direction")
+    parser.add_argument("--texture-weights", default=None, help="weights for --directions (default: bundled)")
+    parser.add_argument("--grain-weights", default=None, help="weights for --directions (default: bundled)")
+    parser.add_argument("--directions-only", action="store_true", help="skip the presets")
     parser.add_argument("--no-install", action="store_true", help="never run apt-get; leave missing out")
     parser.add_argument("--quiet", action="store_true", help="print the summaries only")
     args = parser.parse_args(argv)
@@ -458,15 +464,17 @@ def main(argv=None) -> int:
     presets = args.presets or sorted(p.stem for p in bundled_dir().glob("*.toml"))
     report = {"corpus": [{k: v for k, v in i.items() if k != "audio"} for i in items], "notes": notes,
               "presets": {}, "summary": {}}
-    for name in presets:
+    for name in [] if args.directions_only else presets:
         rows = run_preset(name, items)
         report["presets"][name] = rows
         report["summary"][name] = summarise(rows)
         if not args.quiet:
             print_rows(name, rows)
-    print_summary(report["summary"])
-    if args.directions:
-        report["directions"] = directions(items)
+    if report["summary"]:
+        print_summary(report["summary"])
+    if args.directions or args.directions_only:
+        chosen = {"cak.texture": args.texture_weights, "cak.grain": args.grain_weights}
+        report["directions"] = directions(items, chosen)
         print_directions(report["directions"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -466,6 +466,7 @@ def main(argv=None) -> int:
               "presets": {}, "summary": {}}
     for name in [] if args.directions_only else presets:
         rows = run_preset(name, items)
+        name = Path(name).stem if name.endswith(".toml") else name  # a preset given by path
         report["presets"][name] = rows
         report["summary"][name] = summarise(rows)
         if not args.quiet:

@@ -33,9 +33,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cakfx.audio import is_audio_path, read_audio, walk_files
+from cakfx.dsp.resample import resample
 from cakfx.errors import CakfxError
 from cakfx.paths import cakfx_home, user_presets_dir, user_weights_dir
-from cakfx.resample import resample
 from cakfx.spectral import MODEL_SR
 from cakfx.weights import sha256_file
 

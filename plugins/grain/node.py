@@ -46,8 +46,8 @@ import torch
 
 from cakfx import mel
 from cakfx.device import resolve_device
+from cakfx.dsp.resample import resample
 from cakfx.node import EffectNode
-from cakfx.resample import resample
 from cakfx.spectral import HOP, MODEL_SR, N_FFT
 
 WINDOW_FRAMES = 1 + 3 * MODEL_SR // HOP  # 259 frames: 3 s, the original's chunk

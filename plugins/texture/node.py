@@ -27,12 +27,12 @@ import math
 import numpy as np
 import torch
 
+from cakfx.dsp.resample import resample
 from cakfx.dsp.threads import parallel_map
 from cakfx.errors import CakfxError
 from cakfx.node import EffectNode
 from cakfx.plugins.texture import dsp
 from cakfx.plugins.texture.model import TextureCAK
-from cakfx.resample import resample
 
 MODEL_SR = 44100
 N_FFT = 2048

@@ -18,11 +18,13 @@ Files are cut to ``--seconds`` (default 6) so a run takes a few minutes.
 
 Per preset and file (``FIELDS``):
 
-* ``lufs_in`` / ``lufs_out``: integrated loudness (ITU-R BS.1770, pyloudnorm;
-  material under 0.4 s, which cannot be gated, gets its RMS in dBFS instead);
+* ``lufs_in`` / ``lufs_out``: integrated loudness (ITU-R BS.1770, pyloudnorm,
+  via ``cakfx.dsp.loudness``; material under 0.4 s, which cannot be gated,
+  gets its K-weighted RMS on the same scale);
   ``d_lu`` = out - in;
 * ``peak_db``, ``true_peak_db``: output sample peak (dBFS) and true peak
-  (dBTP, 4x oversampled); ``clipped``: output samples with |y| >= 1;
+  (dBTP, 4x oversampled), ``clipped``: output samples with |y| >= 1, all from
+  ``cakfx.dsp.loudness``;
 * ``change_db``: mean |dB difference| of the STFT magnitude (n_fft 2048,
   hop 512) over bins within 60 dB of the input's peak;
 * ``d_flatness`` and ``d_centroid_hz``: change of ``cakfx.measure``'s spectral
@@ -65,6 +67,8 @@ import cakfx
 from cakfx.audio import read_audio
 from cakfx.demo import SR as DEMO_SR
 from cakfx.demo import chord_pad, drum_loop
+from cakfx.dsp.loudness import clipped_samples, integrated_loudness, sample_peak_db, true_peak_db
+from cakfx.dsp.resample import resample
 from cakfx.measure import spectral_centroid, spectral_flatness
 from cakfx.presets import bundled_dir
 
@@ -142,9 +146,7 @@ def excerpt(audio: np.ndarray, sr: int, start_s: float, seconds: float) -> np.nd
 
 def with_high_band(audio: np.ndarray, sr: int, new_sr: int = 96000, seed: int = 0) -> np.ndarray:
     """``audio`` upsampled to ``new_sr``, plus a 30 kHz tone (-30 dBFS) and 24-40 kHz noise (-45 dBFS)."""
-    from cakfx.resample import resample
-
-    up = resample(torch.from_numpy(audio.astype(np.float32)), sr, new_sr).numpy().astype(np.float64)
+    up = resample(audio.astype(np.float32), sr, new_sr).astype(np.float64)
     n = up.shape[-1]
     t = np.arange(n) / new_sr
     rng = np.random.default_rng(seed)
@@ -185,40 +187,9 @@ def load_corpus(seconds: float, install: bool) -> tuple[list[dict], list[str]]:
 
 # ---------------------------------------------------------------- measurements
 
-def _loudness_module():
-    try:
-        from cakfx.dsp import loudness
-    except ImportError:
-        return None
-    return loudness
-
-
 def loudness_db(audio: np.ndarray, sr: int) -> float:
-    """Integrated loudness (LUFS); RMS in dBFS for material too short to gate (< 0.4 s); -inf: silence."""
-    x = np.asarray(audio, dtype=np.float64)
-    if not np.any(x):
-        return -math.inf
-    if x.shape[-1] < int(0.4 * sr) + 1:
-        return 20 * math.log10(float(np.sqrt(np.mean(x**2))))
-    import pyloudnorm
-
-    value = pyloudnorm.Meter(sr).integrated_loudness(x.T)
-    if not math.isfinite(value):  # everything gated away: fall back to RMS as for short material
-        return 20 * math.log10(float(np.sqrt(np.mean(x**2))))
-    return float(value)
-
-
-def peak_db(audio: np.ndarray) -> float:
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    return 20 * math.log10(peak) if peak > 0 else -math.inf
-
-
-def true_peak_db(audio: np.ndarray, sr: int) -> float:
-    """Peak of the 4x oversampled signal (BS.1770 annex 2 style), dBTP."""
-    from cakfx.resample import resample
-
-    up = resample(torch.from_numpy(np.asarray(audio, np.float32)), sr, 4 * sr).numpy()
-    return max(peak_db(up), peak_db(audio))
+    """Integrated loudness (LUFS; K-weighted RMS for material under 0.4 s); -inf: silence."""
+    return integrated_loudness(audio, sr)
 
 
 def _mag_db(audio: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
@@ -284,9 +255,9 @@ def measure_pair(x: np.ndarray, y: np.ndarray, sr: int) -> dict:
         "lufs_in": lufs_in,
         "lufs_out": lufs_out,
         "d_lu": lufs_out - lufs_in if math.isfinite(lufs_in) and math.isfinite(lufs_out) else None,
-        "peak_db": peak_db(y),
-        "true_peak_db": true_peak_db(y, sr),
-        "clipped": int(np.count_nonzero(np.abs(y) >= 1.0)),
+        "peak_db": sample_peak_db(y),
+        "true_peak_db": true_peak_db(y),
+        "clipped": clipped_samples(y),
         "finite": bool(np.isfinite(y).all()),
         "change_db": None if silent else spectral_change_db(x, y),
         "d_flatness": None if silent else spectral_flatness(y, sr) - spectral_flatness(x, sr),
@@ -296,7 +267,7 @@ def measure_pair(x: np.ndarray, y: np.ndarray, sr: int) -> dict:
         "click_db": None if silent else max_broadband_jump_db(y) - max_broadband_jump_db(x),
     }
     if silent:
-        row["silence_out_db"] = peak_db(y)
+        row["silence_out_db"] = sample_peak_db(y)
     return row
 
 

@@ -11,9 +11,11 @@ out and listed). cakfx itself never downloads anything. The bundled weights
 were trained on ``hydrogen-drumkits`` with the ``VariBreaks`` kit held out, so
 only VariBreaks is used from that package. Synthetic edge cases are added: the
 demo drum loop and chord pad (``cakfx.demo``), 2 s of digital silence, and a
-96 kHz signal with content above 22.05 kHz (no real >= 88.2 kHz recording
-was found in Debian's sound packages, so it is the real music excerpt
-upsampled to 96 kHz with a 30 kHz tone and 24-40 kHz noise added).
+96 kHz signal with content above 22.05 kHz. The one real >= 88.2 kHz file
+found in Debian's sound packages (freedesktop's camera-shutter.oga, 96 kHz
+Vorbis) holds nothing above 22 kHz (-76 dB of its energy), so the synthetic
+one is the real music excerpt upsampled to 96 kHz with a 30 kHz tone and
+24-40 kHz noise added.
 Files are cut to ``--seconds`` (default 6) so a run takes a few minutes.
 
 Per preset and file (``FIELDS``):
@@ -30,7 +32,8 @@ Per preset and file (``FIELDS``):
 * ``d_flatness`` and ``d_centroid_hz``: change of ``cakfx.measure``'s spectral
   flatness and centroid;
 * ``hf_kept_db`` (inputs at >= 88.2 kHz): output energy above 22.05 kHz over
-  the input's, dB (0 = kept);
+  the input's, dB (0 = kept); left out where that band holds less than
+  -60 dB of the input's energy;
 * ``noise_lift_db``: in the bins more than 60 dB below their frame's peak in
   the input, mean (output dB - input dB) minus the overall gain (output over
   input energy, dB): how far near-empty regions are raised beyond the level
@@ -73,6 +76,7 @@ from cakfx.measure import spectral_centroid, spectral_flatness
 from cakfx.presets import bundled_dir
 
 HF_EDGE = 22050.0
+HF_MIN_SHARE_DB = 60.0  # HF kept is measured where the band above HF_EDGE holds more than -60 dB
 FLOOR_DB = 60.0  # bins within this of the (input) peak count as content
 
 
@@ -244,7 +248,10 @@ def hf_kept_db(x: np.ndarray, y: np.ndarray, sr: int) -> float | None:
         return float(np.sum(np.abs(spec[:, freqs > HF_EDGE]) ** 2))
 
     ex, ey = band(x), band(y)
-    return 10 * math.log10(max(ey, 1e-30) / ex) if ex > 0 else None
+    total = float(np.sum(np.square(x, dtype=np.float64))) * x.shape[-1] / 2  # Parseval, one-sided
+    if ex <= total * 10 ** (-HF_MIN_SHARE_DB / 10):
+        return None  # (almost) nothing up there to keep: a ratio of noise floors says nothing
+    return 10 * math.log10(max(ey, 1e-30) / ex)
 
 
 def measure_pair(x: np.ndarray, y: np.ndarray, sr: int) -> dict:

@@ -9,6 +9,10 @@ prints samples per second and the projected time of one epoch on 200 files
 (200 identity samples + 100 low->high pairs = 300 samples; preprocessing,
 which runs once and is cached, is not included).
 
+``--compare-threads`` instead times the ``fast`` profile's training steps at 1 and 2 torch
+threads and at the recipe's default (``Trainer.CPU_THREADS``), interleaved in one run, and prints
+each setting's median per batch and the ratio default / best (target: <= 1.2).
+
 The texture paper profile on a CPU is far too slow to time whole steps (5
 critic steps with a gradient penalty on 1025 x 1293 spectrograms per generator
 step): there one critic step and one generator step are timed on a batch of 4
@@ -25,8 +29,9 @@ import torch
 
 from cakfx.demo import SR, drum_loop
 from cakfx.device import resolve_device
-from cakfx.trainers.common import Item, Options
+from cakfx.trainers.data import Item
 from cakfx.trainers.grain import GrainTrainer
+from cakfx.trainers.options import Options
 from cakfx.trainers.texture import TextureTrainer
 
 EPOCH_SAMPLES = 300  # 200 files: each once as identity, plus 100 low->high pairs
@@ -81,6 +86,34 @@ def bench(cls, profile: str, device: torch.device, steps: int) -> dict:
     return {"per_batch": per_batch, "rate": rate, "epoch": EPOCH_SAMPLES / rate, "note": note}
 
 
+def compare_threads(device: torch.device, steps: int, repeats: int) -> None:
+    """Median s/batch per thread setting, the settings interleaved so machine load hits all alike."""
+    import statistics
+
+    settings = sorted({1, 2, torch.get_num_threads()})
+    print(f"fast profile, s/batch (median of {repeats} interleaved repeats of {steps} steps)")
+    head = "".join(f"{f'{n} thr':>10s}" for n in settings)
+    print(f"{'trainer':8s}{head}{'default':>10s}{'default/best':>14s}")
+    for cls in (TextureTrainer, GrainTrainer):
+        trainer = cls(Options(samples="-", name="bench", profile="fast", device=str(device)), device)
+        trainer.setup(synthetic_items(trainer, 8, trainer.settings.get("segment_s", 3.0) + 1.0))
+        trainer.start_epoch(5)
+        rows = [trainer.samples[i % len(trainer.samples)] for i in range(trainer.settings["batch_size"])]
+        default = cls.CPU_THREADS["fast"] or torch.get_num_threads()
+        times: dict[int, list[float]] = {n: [] for n in settings}
+        for _ in range(repeats):
+            for n in settings:
+                torch.set_num_threads(n)
+                trainer.train_step(rows)  # warm-up at this setting
+                step = trainer.train_step
+                per_batch = sum(timed(lambda s=step, r=rows: s(r), device) for _ in range(steps)) / steps
+                times[n].append(per_batch)
+        med = {n: statistics.median(v) for n, v in times.items()}
+        best = min(med.values())
+        print(f"{cls.name:8s}" + "".join(f"{med[n]:10.3f}" for n in settings) + f"{default:>10d}"
+              f"{med[default] / best:14.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
@@ -88,12 +121,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--only", choices=("texture", "grain"), default=None)
     parser.add_argument("--profile", choices=("fast", "paper"), default=None)
+    parser.add_argument("--compare-threads", action="store_true", help="default vs best thread count")
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    if args.compare_threads:
+        compare_threads(device, args.steps, args.repeats)
+        return
     print(f"{'trainer':8s} {'profile':7s} {'s/batch':>9s} {'samples/s':>10s} {'epoch@200 files':>18s}  how")
     for cls in (TextureTrainer, GrainTrainer):
         if args.only and cls.name != args.only:

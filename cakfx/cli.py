@@ -355,12 +355,58 @@ def train():
     """Train a model on your own folder of samples."""
 
 
-def _register_plugin_commands() -> None:
-    from cakfx.plugin_manager import load_plugins, pm
+def _train_command(spec) -> click.Command:
+    """``cakfx train NAME``, with one click option per ``Options`` field (declared once there)."""
+    from dataclasses import MISSING, fields
 
-    load_plugins()
-    for impl in pm.hook.register_trainers.get_hookimpls():
-        impl.function(register=lambda name, command: train.add_command(command, name))
+    from cakfx.trainers.options import DEVICES, Options
+
+    params: list[click.Parameter] = []
+    for f in fields(Options):
+        meta = f.metadata
+        if meta.get("argument"):
+            params.append(click.Argument([f.name], type=click.Path(path_type=str)))
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        decls = [flag] + ([meta["short"]] if "short" in meta else []) + [f.name]
+        kwargs: dict = {"help": meta.get("help", "")}
+        if f.default is MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = f.default
+            kwargs["show_default"] = f.default not in (None, False, ())
+        if meta.get("flag"):
+            kwargs["is_flag"] = True
+        elif meta.get("multiple"):
+            kwargs.update(multiple=True, metavar=meta.get("metavar"))
+        elif "choices" in meta:
+            kwargs["type"] = click.Choice(meta["choices"])
+        elif "type" in meta:
+            kwargs["type"] = meta["type"]
+        if f.name == "device":
+            kwargs["metavar"] = "|".join(DEVICES)
+        params.append(click.Option(decls, **kwargs))
+
+    def run(**kwargs) -> None:
+        from cakfx.trainers.loop import run_training
+
+        kwargs["exclude"] = tuple(kwargs.get("exclude") or ())
+        try:
+            run_training(spec.load(), Options(**kwargs), lambda text: click.echo(text, err=True))
+        except CakfxError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None
+
+    return click.Command(spec.name, callback=run, params=params, help=spec.help, short_help=spec.summary)
+
+
+def _register_plugin_commands() -> None:
+    from cakfx.plugin_manager import pm
+    from cakfx.training import trainers
+
+    for spec in trainers().values():
+        train.add_command(_train_command(spec))
     pm.hook.register_commands(cli=cli)
 
 

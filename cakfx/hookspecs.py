@@ -19,7 +19,9 @@ def register_effects(register):
 
 @hookspec
 def register_trainers(register):
-    """Register trainers: ``register(name, command)`` with a click command."""
+    """Register trainers: ``register(spec)`` with a ``cakfx.trainers.options.TrainerSpec``
+    (or a ``cakfx.trainers.base.Trainer`` subclass); ``cakfx train NAME`` and
+    ``cakfx.train(NAME, ...)`` run it."""
 
 
 @hookspec

@@ -14,8 +14,7 @@ DEFAULT_PLUGINS = (
     "cakfx.plugins.pedalboard_bridge",
     "cakfx.plugins.texture",
     "cakfx.plugins.grain",
-    "cakfx.trainers.texture",
-    "cakfx.trainers.grain",
+    "cakfx.trainers",
 )
 
 pm = pluggy.PluginManager("cakfx")

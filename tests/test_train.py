@@ -20,13 +20,10 @@ SR = 44100
 
 
 def commands() -> dict:
-    """The click commands exactly as the plugins register them."""
-    from cakfx.trainers import grain, texture
+    """The ``cakfx train NAME`` click commands exactly as the CLI builds them from the registered trainers."""
+    from cakfx.cli import train
 
-    found = {}
-    for module in (texture, grain):
-        module.register_trainers(register=lambda name, command: found.__setitem__(name, command))
-    return found
+    return dict(train.commands)
 
 
 def make_samples(folder: Path, n: int = 8, seconds: float = 2.0) -> Path:
@@ -183,7 +180,7 @@ def test_rerun_uses_the_cache_without_decoding(samples, cakfx_home, monkeypatch)
     def no_decoding(path, *a, **k):
         raise AssertionError(f"decoded {path} again")
 
-    monkeypatch.setattr("cakfx.trainers.common.read_audio", no_decoding)
+    monkeypatch.setattr("cakfx.trainers.data.read_audio", no_decoding)
     code, out = train("texture", samples, name="second")
     assert code == 0, out
     assert "8 reused, 0 decoded" in out
@@ -253,7 +250,7 @@ def test_bad_options_are_one_line_errors(samples):
 
 
 def test_low_high_pairs_pair_lower_half_with_upper_half():
-    from cakfx.trainers.common import low_high_pairs
+    from cakfx.trainers.data import low_high_pairs
 
     values = [0.5, 0.1, 0.9, 0.3, 0.7]
     assert low_high_pairs(values) == [(1, 4), (3, 2)]  # (0.1, 0.7), (0.3, 0.9); the median is left out
@@ -285,7 +282,7 @@ def test_texture_segment_is_centred_faded_and_padded():
 
 
 def test_find_audio_refuses_a_file(tmp_path):
-    from cakfx.trainers.common import find_audio
+    from cakfx.trainers.data import find_audio
 
     f = tmp_path / "a.wav"
     f.write_bytes(b"")

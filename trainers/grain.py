@@ -27,11 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cakfx.hookspecs import hookimpl
 from cakfx.mel import N_MELS, mel_power, normalise_window, power_to_db
 from cakfx.plugins.grain.model import GrainProcessor
 from cakfx.spectral import HOP, MODEL_SR, N_FFT
-from cakfx.trainers.common import Item, Trainer, low_high_pairs, make_command, realism_net, to_model_mono
+from cakfx.trainers.base import Trainer
+from cakfx.trainers.data import Item, low_high_pairs, to_model_mono
+from cakfx.trainers.networks import realism_net
+from cakfx.trainers.optim import Adam
 
 PROFILES = {
     "paper": {
@@ -135,13 +137,13 @@ class GrainTrainer(Trainer):
             self.samples.append((a, b, min(g, clip) if clip is not None else g))
         self.model = GrainProcessor().to(self.device)
         self.disc = Discriminator(tuple(s["disc_channels"]), tuple(s["auditor_channels"])).to(self.device)
-        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=s["lr_g"], betas=tuple(s["betas"]))
-        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=s["lr_d"], betas=tuple(s["betas"]))
+        self.opt_g = Adam(self.model.parameters(), lr=s["lr_g"], betas=tuple(s["betas"]))
+        self.opt_d = Adam(self.disc.parameters(), lr=s["lr_d"], betas=tuple(s["betas"]))
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.model, "discriminator": self.disc}
 
-    def optimisers(self) -> dict[str, torch.optim.Optimizer]:
+    def optimisers(self) -> dict[str, Adam]:
         return {"generator": self.opt_g, "discriminator": self.opt_d}
 
     def dataset_summary(self) -> dict:
@@ -188,7 +190,7 @@ class GrainTrainer(Trainer):
             + F.binary_cross_entropy(fake_p, torch.zeros_like(fake_p))
             + AUDITOR_D_WEIGHT * (g - real_g).abs().mean()
         )
-        self.opt_d.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad()
         d_loss.backward()
         self.opt_d.step()
         return {"d_loss": float(d_loss.detach())}
@@ -203,7 +205,7 @@ class GrainTrainer(Trainer):
             + L1_WEIGHT * l1
             + AUDITOR_G_WEIGHT * grain_error
         )
-        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad()
         g_loss.backward()
         self.opt_g.step()
         return {"g_loss": float(g_loss.detach()), "grain_error": float(grain_error.detach())}
@@ -237,16 +239,3 @@ class GrainTrainer(Trainer):
         return [
             {"id": "grain", "effect": "cak.grain", "weights": weights_ref, "sha256": sha256, "grain": 1.5}
         ]
-
-
-COMMAND_HELP = """Train a CAK grain model on the audio files under SAMPLES.
-
-Writes NAME.safetensors (to the user weights folder, or --out) and a ready
-preset NAME.toml, so `cakfx process IN -p NAME -o OUT` works at once.
-Checkpoints and history go to $CAKFX_HOME/training/NAME/.
-"""
-
-
-@hookimpl
-def register_trainers(register) -> None:
-    register("grain", make_command(GrainTrainer, COMMAND_HELP))

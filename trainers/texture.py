@@ -30,11 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cakfx.hookspecs import hookimpl
 from cakfx.plugins.texture.dsp import ALPHA, GAMMA, compress
 from cakfx.plugins.texture.model import TEMPERATURE, TextureCAK
 from cakfx.spectral import HOP, MODEL_SR, N_FFT, stft
-from cakfx.trainers.common import Item, Trainer, low_high_pairs, make_command, realism_net, to_model_mono
+from cakfx.trainers.base import Trainer
+from cakfx.trainers.data import Item, low_high_pairs, to_model_mono
+from cakfx.trainers.networks import realism_net
+from cakfx.trainers.optim import Adam
 
 PROFILES = {
     "paper": {
@@ -182,15 +184,15 @@ class TextureTrainer(Trainer):
         self.model = TextureCAK(temperature=T_START).to(self.device)
         self.critic = RealismCritic(tuple(s["critic_channels"])).to(self.device)
         shared = [self.model.detector_weight, self.model.detector_bias]
-        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=s["lr"], betas=tuple(s["betas"]))
-        self.opt_c = torch.optim.Adam(
+        self.opt_g = Adam(self.model.parameters(), lr=s["lr"], betas=tuple(s["betas"]))
+        self.opt_c = Adam(
             [*self.critic.parameters(), *shared], lr=s["lr"], betas=tuple(s["betas"])
         )
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.model, "critic": self.critic}
 
-    def optimisers(self) -> dict[str, torch.optim.Optimizer]:
+    def optimisers(self) -> dict[str, Adam]:
         return {"generator": self.opt_g, "critic": self.opt_c}
 
     def dataset_summary(self) -> dict:
@@ -242,7 +244,7 @@ class TextureTrainer(Trainer):
         violation = (self.measured(fake) - t).abs().mean()
         gp = self.gradient_penalty(y, fake)
         c_loss = -(real_score - fake_score) + GP_WEIGHT * gp + VIOLATION_WEIGHT * violation
-        self.opt_c.zero_grad(set_to_none=True)
+        self.opt_c.zero_grad()
         c_loss.backward()
         self.opt_c.step()
         return {"c_loss": float(c_loss.detach()), "wasserstein_d": float((real_score - fake_score).detach())}
@@ -258,7 +260,7 @@ class TextureTrainer(Trainer):
             + L1_WEIGHT * F.l1_loss(out, y)
             - PATTERN_WEIGHT * torch.log(p.abs().mean() + 1e-8)
         )
-        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad()
         g_loss.backward()
         self.opt_g.step()
         return {
@@ -297,16 +299,3 @@ class TextureTrainer(Trainer):
                 "amount": 0.6,
             }
         ]
-
-
-COMMAND_HELP = """Train a CAK texture model on the audio files under SAMPLES.
-
-Writes NAME.safetensors (to the user weights folder, or --out) and a ready
-preset NAME.toml, so `cakfx process IN -p NAME -o OUT` works at once.
-Checkpoints and history go to $CAKFX_HOME/training/NAME/.
-"""
-
-
-@hookimpl
-def register_trainers(register) -> None:
-    register("texture", make_command(TextureTrainer, COMMAND_HELP))

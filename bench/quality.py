@@ -406,6 +406,45 @@ def print_directions(rows: list[dict]) -> None:
               + _f(r["d_lu_median"], "+.2f", 10) + _f(r["change_db_median"], ".2f", 10))
 
 
+def _md(value, fmt: str) -> str:
+    return _f(value, fmt, 0).strip().replace("-", "−")
+
+
+def markdown_summary(summary: dict) -> str:
+    """The per-preset summary as a Markdown table (for weights/README.md)."""
+    lines = ["| preset | ΔLU median (min … max) | peak max dBFS | true peak max | clipped "
+             "| spectral change median dB | Δflatness median | Δcentroid median Hz "
+             "| noise lift median / max dB | click max dB | HF kept dB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        d = s["d_lu"]
+        lines.append(
+            f"| `{name}` | {_md(d['median'], '+.2f')} ({_md(d['min'], '+.1f')} … {_md(d['max'], '+.1f')}) "
+            f"| {_md(s['peak_db']['max'], '+.1f')} | {_md(s['true_peak_db']['max'], '+.1f')} "
+            f"| {s['clipped']['total']} | {_md(s['change_db']['median'], '.2f')} "
+            f"| {_md(s['d_flatness']['median'], '+.4f')} | {_md(s['d_centroid_hz']['median'], '+.0f')} "
+            f"| {_md(s['noise_lift_db']['median'], '+.1f')} / {_md(s['noise_lift_db']['max'], '+.1f')} "
+            f"| {_md(s['click_db']['max'], '+.1f')} | {_md(s['hf_kept_db']['max'], '+.1f')} |")
+    return "\n".join(lines)
+
+
+def markdown_directions(rows: list[dict]) -> str:
+    """The control directions (level stage off: the model's own change) as a Markdown table."""
+    lines = ["| control | spectral flatness | centroid | loudness | spectral change |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        if r["level"] != "off":
+            continue
+        n = r["files"]
+        lines.append(
+            f"| {r['effect'][4:]} {r['param']} {_md(r['value'], '+g')} "
+            f"| {_md(r['d_flatness_median'], '+.4f')} "
+            f"(up {r['flatness_up']}/{n}) | {_md(r['d_centroid_median_hz'], '+.0f')} Hz "
+            f"(up {r['centroid_up']}/{n}) | {_md(r['d_lu_median'], '+.1f')} LU "
+            f"| {_md(r['change_db_median'], '.1f')} dB |")
+    return "\n".join(lines)
+
+
 def _json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -427,6 +466,7 @@ def main(argv=None) -> int:
     parser.add_argument("--directions-only", action="store_true", help="skip the presets")
     parser.add_argument("--no-install", action="store_true", help="never run apt-get; leave missing out")
     parser.add_argument("--quiet", action="store_true", help="print the summaries only")
+    parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -455,6 +495,11 @@ def main(argv=None) -> int:
         chosen = {"cak.texture": args.texture_weights, "cak.grain": args.grain_weights}
         report["directions"] = directions(items, chosen)
         print_directions(report["directions"])
+    if args.markdown:
+        if report["summary"]:
+            print("\n" + markdown_summary(report["summary"]))
+        if report.get("directions"):
+            print("\n" + markdown_directions(report["directions"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(_json_safe(report), indent=1))

@@ -437,7 +437,7 @@ def markdown_directions(rows: list[dict]) -> str:
             continue
         n = r["files"]
         lines.append(
-            f"| {r['effect'][4:]} {r['param']} {_md(r['value'], '+g')} "
+            f"| `{r['effect']}` {r['param']} {_md(r['value'], '+g')} "
             f"| {_md(r['d_flatness_median'], '+.4f')} "
             f"(up {r['flatness_up']}/{n}) | {_md(r['d_centroid_median_hz'], '+.0f')} Hz "
             f"(up {r['centroid_up']}/{n}) | {_md(r['d_lu_median'], '+.1f')} LU "

@@ -61,6 +61,7 @@ def test_band_split_keeps_the_30k_tone_and_the_program():
     x = prog + tone
     low, high = band_split(x, sr)
     assert np.abs(low + high - x).max() < 1e-6
+    assert np.array_equal(band_split(x, sr, down=resample(x, sr, 44100))[1], high)
     # the model path (here: a -6 dB gain at 44.1 kHz) plus the high band: the 30 kHz tone is kept
     processed = resample(0.5 * resample(x, sr, 44100), 44100, sr, length=x.shape[1]) + high
     assert abs(level_at(processed, sr, 30000) - level_at(x, sr, 30000)) < 1.0

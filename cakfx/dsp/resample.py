@@ -233,15 +233,21 @@ class DelayLine:
         return joined[:, :n]
 
 
-def band_split(x, sample_rate: float, model_sr: float = MODEL_SR):
+def band_split(x, sample_rate: float, model_sr: float = MODEL_SR, down=None):
     """``(low, high)`` of ``x`` (``(..., N)``): ``low`` = ``x`` resampled to ``model_sr`` and back
     (what a model at ``model_sr`` can see and return), ``high = x - low`` (the band above it).
 
     ``low + high`` equals ``x`` (to float rounding). At or below ``model_sr``, ``high`` is zeros.
+    ``down``: ``resample(x, sample_rate, model_sr)`` if the caller has it already. A node::
+
+        x44 = resample(x, sr, 44100)
+        y = resample(model(x44), 44100, sr, length=x.shape[-1]) + band_split(x, sr, down=x44)[1]
     """
     if int(round(sample_rate)) <= int(round(model_sr)):
         return x, x * 0
-    low = resample(resample(x, sample_rate, model_sr), model_sr, sample_rate, length=x.shape[-1])
+    if down is None:
+        down = resample(x, sample_rate, model_sr)
+    low = resample(down, model_sr, sample_rate, length=x.shape[-1])
     return low, x - low
 
 

@@ -1,0 +1,378 @@
+"""The level stage shared by the neural effects: loudness match, ceiling limiter, the originals' maths.
+
+A neural node computes its raw output ``y_raw`` from its input ``x`` and hands both to one
+``LevelStage``, built from the node's ``level`` and ``ceiling_db`` parameters::
+
+    from cakfx.dsp.level import LevelStage
+
+    class MyNode(EffectNode):
+        def __init__(self, ..., level="match", ceiling_db=-1.0):
+            self.level_stage = LevelStage(level, ceiling_db, original="texture")
+
+        def process_channels(self, audio, sample_rate):          # offline: whole signal
+            return self.level_stage.apply(audio, self.model_path(audio), sample_rate)
+
+        def stream_channels(self, audio, sample_rate):           # streaming: block by block
+            return self.level_stage.stream(audio, self.model_path_stream(audio), sample_rate)
+
+        def latency_samples(self, sample_rate):                  # add the model path's own
+            return self.level_stage.latency_samples(sample_rate) + ...
+
+        # the measuring protocol is the stage's
+        needs_measure = property(lambda self: self.level_stage.needs_measure)
+        def begin_measure(self): self.level_stage.begin_measure()
+        def end_measure(self): self.level_stage.end_measure()
+        def forget_measure(self): self.level_stage.forget_measure()
+        def reset(self): ...; self.level_stage.reset()   # keeps a fixed measurement
+
+(``x`` and ``y_raw`` given to ``stream`` must be time-aligned with each other: delay ``x`` by the
+model path's latency first, e.g. with ``cakfx.dsp.resample.DelayLine``.)
+
+Modes
+-----
+``"match"`` (default): one gain for all channels so the output's integrated loudness (ITU-R
+BS.1770, ``cakfx.dsp.loudness.integrated_loudness``; K-weighted RMS under 0.4 s) equals the
+input's, within ±``MAX_GAIN_DB``; unity when either is silent (``-inf``). Nothing is scaled down
+for a peak: only where the gained output's true peak would exceed ``ceiling_db`` does a
+look-ahead brick-wall limiter (``pedalboard.BrickwallLimiter``, true-peak sidechain, 5 ms
+look-ahead, 100 ms release) act, on the peaks alone.
+
+``"original"``: the published pipelines' level stages, for fidelity tests against them.
+``original="texture"``: per channel, gain ``rms(x) / rms(y)`` clipped to 0.1…10, then
+``tanh(0.95·g·y) / 0.95``. ``original="grain"``: one gain ``rms(x) / rms(y)`` over all channels,
+clipped to 0.01…100 (none if ``rms(y) ≤ 1e-9``), then the whole output scaled so its peak is at
+most 0.95.
+
+``"off"``: ``y_raw`` unchanged.
+
+Offline and streaming
+---------------------
+``apply(x, y_raw, sr)`` measures the whole signals (any fixed measurement is ignored) and returns
+output aligned with the input. ``stream(x_block, y_raw_block, sr)`` returns a block of the same
+length, delayed by ``latency_samples(sr)``: for ``"match"`` the limiter's look-ahead plus its
+block buffering (343 samples at 44.1 kHz, 363 at 48 kHz, 603 at 96 kHz), constant whether or not the limiter
+acts; 0 for the other modes.
+
+With a fixed measurement (``begin_measure()``, stream every block, ``end_measure()``; then
+``reset()`` and stream again) ``stream`` reproduces ``apply`` delayed by the latency, to float
+rounding. While measuring, ``stream`` returns ``y_raw`` delayed (unity gain): that pass is for
+the meters. Without a measurement (live use) ``stream`` uses running estimates: the loudness of
+input and output so far (through the end of the current block), the gain eased towards their
+difference with a ``LIVE_SMOOTHING_S`` time constant (starting at unity), and the limiter always
+on. It therefore differs from offline at the start (the first second or so, while the estimate
+settles) and wherever the material changes character; measured on the demo drum loop + pad
+through a darkening, -9 dB "effect": see tests/test_level.py::test_live_stream_is_close_to_offline.
+
+>>> import numpy as np
+>>> sr = 44100
+>>> x = np.random.default_rng(0).normal(0, 0.1, (2, sr)).astype(np.float32)
+>>> stage = LevelStage("match", ceiling_db=-1.0)
+>>> y = stage.apply(x, 0.25 * x, sr)              # a 12 dB quieter "effect" output
+>>> bool(np.allclose(y, x, atol=1e-5))              # matched back to the input's loudness
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from cakfx.dsp.loudness import LoudnessMeter, PeakMeter, integrated_loudness, true_peak_db
+from cakfx.dsp.resample import DelayLine
+
+MODES = ("match", "original", "off")
+ORIGINALS = ("texture", "grain")
+CEILING_RANGE = (-24.0, 0.0)
+MAX_GAIN_DB = 24.0  # a loudness match never moves the output more than this
+LIVE_SMOOTHING_S = 0.3  # time constant of the live gain
+LIMITER_BLOCK = 64  # the limiter is fed fixed blocks: pedalboard's output then equals its offline run
+TEXTURE_GAIN_LIMITS = (0.1, 10.0)
+GRAIN_GAIN_LIMITS = (0.01, 100.0)
+GRAIN_PEAK = 0.95
+
+
+def _limiter(ceiling_db: float):
+    from pedalboard import BrickwallLimiter
+
+    return BrickwallLimiter(ceiling_db=ceiling_db, release_ms=100.0, lookahead_ms=5.0, true_peak=True)
+
+
+@functools.cache
+def _limiter_withheld(sample_rate: int) -> int:
+    """Samples pedalboard's limiter holds back in streaming (``reset=False``) use: it returns
+    fewer samples than it is given until its look-ahead is full, then as many as it is given
+    (280 at 44.1 kHz with the true-peak sidechain; the same for any channel count)."""
+    limiter = _limiter(-1.0)
+    zeros = np.zeros((1, LIMITER_BLOCK), np.float32)
+    fed = produced = 0
+    while fed < sample_rate // 10:  # well past the 5 ms look-ahead and the oversampler
+        produced += limiter.process(zeros, sample_rate, buffer_size=LIMITER_BLOCK, reset=False).shape[-1]
+        fed += LIMITER_BLOCK
+    return fed - produced
+
+
+def limiter_latency(sample_rate: float) -> int:
+    """Latency of the streamed limiter: pedalboard's look-ahead plus the block buffering."""
+    return LIMITER_BLOCK - 1 + _limiter_withheld(int(round(sample_rate)))
+
+
+class _StreamLimiter:
+    """``pedalboard.BrickwallLimiter`` fed fixed ``LIMITER_BLOCK``-sample blocks, its output delayed
+    to a constant ``latency``: the offline (``reset=True``, latency-compensated) result delayed.
+
+    How pedalboard handles the look-ahead (measured, 0.9.26): with ``reset=True`` it compensates
+    it (output aligned with the input, same length); with ``reset=False`` it withholds the first
+    look-ahead samples (returns fewer samples than given, then as many) so what comes out is the
+    offline output, just late, and the last samples only come with later input. Fed fixed blocks
+    of 32 samples or more, the concatenated stream equals the offline output bit for bit; fed
+    1-sample blocks it does not. Hence the fixed blocks here and a constant delay on top.
+    """
+
+    def __init__(self, ceiling_db: float, sample_rate: int, channels: int) -> None:
+        self.sample_rate, self.channels = sample_rate, channels
+        self.limiter = _limiter(ceiling_db)
+        self.latency = limiter_latency(sample_rate)
+        self._pending = np.zeros((channels, 0), np.float32)  # input not yet a whole block
+        self._ready = np.zeros((channels, self.latency), np.float32)  # output not yet returned
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        n = block.shape[1]
+        self._pending = np.concatenate([self._pending, block.astype(np.float32, copy=False)], axis=1)
+        whole = self._pending.shape[1] // LIMITER_BLOCK * LIMITER_BLOCK
+        pieces = [self._ready]
+        for a in range(0, whole, LIMITER_BLOCK):
+            y = self.limiter.process(self._pending[:, a : a + LIMITER_BLOCK], self.sample_rate,
+                                     buffer_size=LIMITER_BLOCK, reset=False)
+            if y.ndim == 2 and y.shape[-1]:
+                pieces.append(y.reshape(self.channels, -1))
+        self._pending = self._pending[:, whole:]
+        ready = np.concatenate(pieces, axis=1)
+        if ready.shape[1] < n:  # cannot happen: the latency covers the buffering and look-ahead
+            raise RuntimeError(f"limiter stream: {n} samples asked, {ready.shape[1]} ready")
+        self._ready = ready[:, n:]
+        return ready[:, :n]
+
+
+def _to_numpy(a) -> tuple[np.ndarray, object]:
+    if hasattr(a, "detach"):
+        import torch
+
+        like = a
+        arr = a.detach().cpu().numpy()
+        return arr, lambda y: torch.from_numpy(np.ascontiguousarray(y)).to(like.device, like.dtype)
+    return np.asarray(a), lambda y: y
+
+
+def _rms(a: np.ndarray, axis=None) -> np.ndarray | float:
+    return np.sqrt(np.mean(np.square(a, dtype=np.float64), axis=axis))
+
+
+def _db_to_gain(db: float) -> float:
+    return 10.0 ** (db / 20.0)
+
+
+class LevelStage:
+    """The output level stage of a neural effect (see the module docstring for the manual).
+
+    ``mode``: ``"match"``, ``"original"`` or ``"off"``; ``ceiling_db``: the limiter's ceiling
+    (dBTP, -24…0; ``"match"`` only); ``original``: which published pipeline ``"original"``
+    reproduces (``"texture"`` or ``"grain"``).
+    """
+
+    def __init__(self, mode: str = "match", ceiling_db: float = -1.0, original: str = "texture") -> None:
+        if mode not in MODES:
+            raise ValueError(f"level must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+        if original not in ORIGINALS:
+            raise ValueError(f"original must be one of {', '.join(map(repr, ORIGINALS))}, got {original!r}")
+        ceiling_db = float(ceiling_db)
+        if not CEILING_RANGE[0] <= ceiling_db <= CEILING_RANGE[1]:
+            raise ValueError(f"ceiling_db must be between {CEILING_RANGE[0]:g} and {CEILING_RANGE[1]:g} dB, "
+                             f"got {ceiling_db:g}")
+        self.mode, self.ceiling_db, self.original = mode, ceiling_db, original
+        self._fixed: dict | None = None  # the measurement streaming uses, when one is fixed
+        self._measuring: dict | None = None  # the meters of a measurement under way
+        self._state: dict | None = None  # streaming state, built on the first block
+        self.last: dict = {}  # what the last apply() measured and did (for reports)
+
+    def __repr__(self) -> str:
+        return f"LevelStage(mode={self.mode!r}, ceiling_db={self.ceiling_db:g}, original={self.original!r})"
+
+    # -- offline ---------------------------------------------------------------------------
+    def apply(self, x, y_raw, sample_rate: float):
+        """Level ``y_raw`` (``(C, N)``, numpy or torch) against the input ``x``; aligned output."""
+        xa, _ = _to_numpy(x)
+        ya, back = _to_numpy(y_raw)
+        ya = np.nan_to_num(np.asarray(ya), nan=0.0, posinf=0.0, neginf=0.0)
+        if self.mode == "off":
+            return back(ya)
+        if self.mode == "original":
+            peak = float(np.abs(ya).max(initial=0.0))
+            gains, scale = self._original_gains(_rms(xa, -1), _rms(ya, -1), peak)
+            return back(self._original_apply(ya, gains, scale))
+        loudness_in, loudness_out = integrated_loudness(xa, sample_rate), integrated_loudness(ya, sample_rate)
+        gain_db = self._match_gain_db(loudness_in, loudness_out)
+        gain = np.asarray(_db_to_gain(gain_db), dtype=ya.dtype)
+        out = ya * gain
+        limiting = true_peak_db(out) > self.ceiling_db
+        if limiting:
+            # reset=True: pedalboard compensates the look-ahead, the output is aligned
+            limited = _limiter(self.ceiling_db).process(out.astype(np.float32), sample_rate, reset=True)
+            out = limited.astype(ya.dtype, copy=False)
+        self.last = {"gain_db": gain_db, "limiting": bool(limiting)}
+        return back(out)
+
+    @staticmethod
+    def _match_gain_db(loudness_in: float, loudness_out: float) -> float:
+        if not (math.isfinite(loudness_in) and math.isfinite(loudness_out)):
+            return 0.0  # silence in or out: leave the level alone
+        return float(np.clip(loudness_in - loudness_out, -MAX_GAIN_DB, MAX_GAIN_DB))
+
+    def _original_gains(self, rms_in, rms_out, peak_out: float) -> tuple[np.ndarray | float, float]:
+        """Texture: per-channel gains (rms per channel given). Grain: one gain and the peak scale."""
+        if self.original == "texture":
+            rms_in, rms_out = np.broadcast_arrays(np.atleast_1d(rms_in), np.atleast_1d(rms_out))  # mono in
+            ratio = np.divide(rms_in, rms_out, out=np.ones_like(rms_in), where=rms_out > 0)
+            return np.where(rms_out > 0, np.clip(ratio, *TEXTURE_GAIN_LIMITS), 1.0), 1.0
+        # grain: RMS over all channels together (the mean of the per-channel mean squares)
+        total_in = math.sqrt(float(np.mean(np.square(rms_in))))
+        total_out = math.sqrt(float(np.mean(np.square(rms_out))))
+        if total_out <= 1e-9:
+            return 1.0, 1.0
+        gain = float(np.clip(total_in / total_out, *GRAIN_GAIN_LIMITS))
+        top = gain * peak_out
+        return gain, (GRAIN_PEAK / top if top > GRAIN_PEAK else 1.0)
+
+    def _original_apply(self, y: np.ndarray, gains, scale: float) -> np.ndarray:
+        if self.original == "texture":
+            g = (0.95 * np.asarray(gains, dtype=np.float64))[:, None].astype(y.dtype)
+            return (np.tanh(y * g) / np.asarray(0.95, dtype=y.dtype)).astype(y.dtype, copy=False)
+        out = y * np.asarray(gains, dtype=y.dtype)
+        return out * np.asarray(scale, dtype=y.dtype) if scale != 1.0 else out
+
+    # -- streaming -------------------------------------------------------------------------
+    def latency_samples(self, sample_rate: float) -> int:
+        """Delay of ``stream`` output: the limiter's for ``"match"``, else 0."""
+        return limiter_latency(sample_rate) if self.mode == "match" else 0
+
+    @property
+    def needs_measure(self) -> bool:
+        """True where the level needs the whole signal (``"match"``, ``"original"``)."""
+        return self.mode != "off"
+
+    def begin_measure(self) -> None:
+        """Forget any previous measurement; accumulate from the blocks streamed from now on."""
+        self._fixed = None
+        self._measuring = {}
+        self._state = None
+
+    def end_measure(self) -> None:
+        """Fix the gain (and whether the limiter acts) from what was accumulated."""
+        m, self._measuring = self._measuring, None
+        if not m:
+            self._fixed = {"gain_db": 0.0, "limiting": False, "gains": 1.0, "scale": 1.0}
+        elif self.mode == "match":
+            gain_db = self._match_gain_db(m["in"].loudness, m["out"].loudness)
+            self._fixed = {"gain_db": gain_db, "limiting": m["peak"].true_peak_db + gain_db > self.ceiling_db}
+        else:
+            n = max(m["n"], 1)
+            gains, scale = self._original_gains(np.sqrt(m["sq_in"] / n), np.sqrt(m["sq_out"] / n),
+                                                m["peak_out"])
+            self._fixed = {"gains": gains, "scale": scale}
+        self._state = None
+
+    def forget_measure(self) -> None:
+        """Drop the fixed measurement: streaming goes back to the live running estimate."""
+        self._fixed = None
+        self._measuring = None
+        self._state = None
+
+    @property
+    def measurement(self) -> dict | None:
+        """The fixed measurement (``gain_db``, ``limiting`` for ``"match"``), or None."""
+        return None if self._fixed is None else dict(self._fixed)
+
+    def reset(self) -> None:
+        """Clear streaming state (delay lines, limiter, live estimates); keeps a fixed measurement."""
+        self._state = None
+
+    def stream(self, x_block, y_raw_block, sample_rate: float):
+        """Level the next block; output delayed by ``latency_samples(sample_rate)``."""
+        xa, _ = _to_numpy(x_block)
+        ya, back = _to_numpy(y_raw_block)
+        ya = np.nan_to_num(np.asarray(ya, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        sr = int(round(sample_rate))
+        state = self._state
+        xa = np.asarray(xa)
+        shape = (sr, ya.shape[0], xa.shape[0])
+        if state is None or state["shape"] != shape:
+            state = self._state = self._new_state(*shape)
+        if self.mode == "off":
+            return back(ya)
+        if self._measuring is not None:
+            self._accumulate(xa, ya, sr)
+            return back(state["delay"].process(ya) if self.mode == "match" else ya)
+        if self.mode == "original":
+            return back(self._stream_original(xa, ya, state))
+        if self._fixed is not None:
+            out = ya * np.float32(_db_to_gain(self._fixed["gain_db"]))
+            stage = state["limiter"] if self._fixed["limiting"] else state["delay"]
+            return back(stage.process(out))
+        return back(state["limiter"].process(self._live_gain(xa, ya, state)))
+
+    def _new_state(self, sr: int, channels: int, in_channels: int) -> dict:
+        state = {"shape": (sr, channels, in_channels), "sr": sr}
+        if self.mode == "match":
+            state["limiter"] = _StreamLimiter(self.ceiling_db, sr, channels)
+            state["delay"] = DelayLine(channels, state["limiter"].latency)
+            state["in"] = LoudnessMeter(sr, in_channels)
+            state["out"] = LoudnessMeter(sr, channels)
+            state["gain_db"] = 0.0
+        else:
+            state.update(n=0, sq_in=np.zeros(in_channels), sq_out=np.zeros(channels), peak_out=0.0)
+        return state
+
+    def _accumulate(self, x: np.ndarray, y: np.ndarray, sr: int) -> None:
+        m = self._measuring
+        if not m:
+            channels = y.shape[0]
+            if self.mode == "match":
+                m.update({"in": LoudnessMeter(sr, x.shape[0]), "out": LoudnessMeter(sr, channels),
+                          "peak": PeakMeter(channels)})
+            else:
+                m.update(n=0, sq_in=np.zeros(x.shape[0]), sq_out=np.zeros(channels), peak_out=0.0)
+        if self.mode == "match":
+            m["in"].process(x)
+            m["out"].process(y)
+            m["peak"].process(y)
+        else:
+            self._add_rms(m, x, y)
+
+    @staticmethod
+    def _add_rms(m: dict, x: np.ndarray, y: np.ndarray) -> None:
+        m["n"] += y.shape[1]
+        m["sq_in"] = m["sq_in"] + np.square(x, dtype=np.float64).sum(axis=-1)
+        m["sq_out"] = m["sq_out"] + np.square(y, dtype=np.float64).sum(axis=-1)
+        m["peak_out"] = max(m["peak_out"], float(np.abs(y).max(initial=0.0)))
+
+    def _stream_original(self, x: np.ndarray, y: np.ndarray, state: dict) -> np.ndarray:
+        if self._fixed is not None:
+            return self._original_apply(y, self._fixed["gains"], self._fixed["scale"])
+        self._add_rms(state, x, y)  # live: the RMS (and for grain the peak) so far
+        n = max(state["n"], 1)
+        gains, scale = self._original_gains(np.sqrt(state["sq_in"] / n), np.sqrt(state["sq_out"] / n),
+                                            state["peak_out"])
+        return self._original_apply(y, gains, scale)
+
+    def _live_gain(self, x: np.ndarray, y: np.ndarray, state: dict) -> np.ndarray:
+        state["in"].process(x)
+        state["out"].process(y)
+        target = self._match_gain_db(state["in"].loudness, state["out"].loudness)
+        if not math.isfinite(state["in"].loudness) or not math.isfinite(state["out"].loudness):
+            target = state["gain_db"]  # nothing to go on yet: hold
+        t = np.arange(1, y.shape[1] + 1)
+        ramp = target + (state["gain_db"] - target) * np.exp(-t / (LIVE_SMOOTHING_S * state["sr"]))
+        if y.shape[1]:
+            state["gain_db"] = float(ramp[-1])
+        return (y * (10.0 ** (ramp / 20.0))).astype(np.float32)

@@ -1,0 +1,225 @@
+"""The shared level stage on real-ish material (the demo drum loop + pad) and signals made here."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import signal
+
+from cakfx import demo
+from cakfx.dsp.level import LevelStage, limiter_latency
+from cakfx.dsp.loudness import integrated_loudness, sample_peak_db, true_peak_db
+
+SR = 44100
+
+
+@pytest.fixture(scope="module")
+def music() -> np.ndarray:
+    """4 s stereo: the demo drum loop over the demo chord pad."""
+    drums, pad = demo.drum_loop(4.0), demo.chord_pad(4.0)
+    n = min(drums.shape[-1], pad.shape[-1])
+    return (drums[..., :n] + pad[..., :n]).astype(np.float32)
+
+
+def effect(x: np.ndarray, gain: float) -> np.ndarray:
+    """A stand-in for a neural effect's raw output: darker (2 kHz low-pass) and at another level."""
+    sos = signal.butter(2, 2000, fs=SR, output="sos")
+    return (gain * signal.sosfilt(sos, x)).astype(np.float32)
+
+
+def stream(stage: LevelStage, x, y, sizes) -> np.ndarray:
+    out, a = [], 0
+    for size in sizes:
+        if a >= x.shape[1]:
+            break
+        out.append(stage.stream(x[:, a : a + size], y[:, a : a + size], SR))
+        a += size
+    if a < x.shape[1]:
+        out.append(stage.stream(x[:, a:], y[:, a:], SR))
+    return np.concatenate(out, axis=1)
+
+
+def measured(stage: LevelStage, x, y, sizes) -> np.ndarray:
+    """The measuring pass, then a render pass (as cakfx.streaming.render_stream does)."""
+    stage.begin_measure()
+    stream(stage, x, y, [4096] * 1000)
+    stage.end_measure()
+    stage.reset()
+    return stream(stage, x, y, sizes)
+
+
+def test_match_restores_the_input_loudness_with_one_gain(music):
+    y_raw = effect(music, 0.3)
+    stage = LevelStage()
+    y = stage.apply(music, y_raw, SR)
+    assert integrated_loudness(y, SR) == pytest.approx(integrated_loudness(music, SR), abs=0.05)
+    assert not stage.last["limiting"]
+    gain = 10 ** (stage.last["gain_db"] / 20)
+    assert np.allclose(y, gain * y_raw, rtol=1e-6, atol=1e-7)  # one gain, both channels, nothing else
+    assert true_peak_db(y) <= -1.0
+
+
+def test_one_click_does_not_pull_the_file_down(music):
+    y_raw = effect(music, 0.3)
+    y_raw[:, SR] += 3.0  # a single-sample click, +10 dBFS
+    stage = LevelStage(ceiling_db=-1.0)
+    y = stage.apply(music, y_raw, SR)
+    assert stage.last["limiting"]
+    # the click's own energy counts in the raw output's loudness (-0.35 LU here), nothing more
+    assert integrated_loudness(y, SR) == pytest.approx(integrated_loudness(music, SR), abs=0.5)
+    assert sample_peak_db(y) <= -1.0 + 0.01 and true_peak_db(y) <= -0.5
+    # the limiter acts around the click only: a second later the output is the plain gain
+    # (to 0.002 dB: pedalboard's release settles at -0.0011 dB, not exactly unity)
+    gain = 10 ** (stage.last["gain_db"] / 20)
+    assert np.allclose(y[:, 2 * SR :], gain * y_raw[:, 2 * SR :], rtol=2.5e-4, atol=1e-6)
+    # the published grain stage scales the whole file down for that one click
+    old = LevelStage("original", original="grain").apply(music, y_raw, SR)
+    assert integrated_loudness(old, SR) < integrated_loudness(music, SR) - 6
+
+
+def test_silence_in_or_out_keeps_unity_gain():
+    rng = np.random.default_rng(0)
+    y_raw = rng.normal(0, 0.1, (2, SR)).astype(np.float32)
+    stage = LevelStage()
+    assert np.array_equal(stage.apply(np.zeros_like(y_raw), y_raw, SR), y_raw)
+    assert not stage.apply(y_raw, np.zeros_like(y_raw), SR).any()
+    assert stage.last["gain_db"] == 0.0
+
+
+def test_short_material_is_matched_by_rms_and_gain_is_bounded():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 0.1, (1, int(0.2 * SR))).astype(np.float32)  # too short to gate
+    stage = LevelStage()
+    y = stage.apply(x, effect(x, 0.5), SR)
+    assert integrated_loudness(y, SR) == pytest.approx(integrated_loudness(x, SR), abs=0.05)
+    stage.apply(x, 1e-4 * x, SR)  # -80 dB: would need +80 dB
+    assert stage.last["gain_db"] == 24.0
+
+
+def test_original_texture_is_per_channel_rms_then_tanh(music):
+    y_raw = effect(music, 0.3)
+    y_raw[1] *= 0.5
+    y = LevelStage("original", original="texture").apply(music, y_raw, SR)
+    for c in range(2):
+        ms_in, ms_out = np.mean(music[c].astype(np.float64) ** 2), np.mean(y_raw[c].astype(np.float64) ** 2)
+        g = np.clip(np.sqrt(ms_in / ms_out), 0.1, 10.0)
+        assert np.allclose(y[c], np.tanh(0.95 * g * y_raw[c]) / 0.95, atol=1e-6)
+    assert y.dtype == np.float32
+
+
+def test_original_grain_is_rms_match_then_whole_file_peak_scaling(music):
+    y_raw = effect(music, 0.3)
+    y = LevelStage("original", original="grain").apply(torch.from_numpy(music), torch.from_numpy(y_raw), SR)
+    assert isinstance(y, torch.Tensor)
+    g = math.sqrt(np.mean(music.astype(np.float64) ** 2) / np.mean(y_raw.astype(np.float64) ** 2))
+    expected = g * y_raw
+    if np.abs(expected).max() > 0.95:
+        expected = expected * (0.95 / np.abs(expected).max())
+    assert np.allclose(y.numpy(), expected, atol=1e-6)
+    assert float(y.abs().max()) <= 0.95 + 1e-6
+
+
+def test_off_passes_the_raw_output(music):
+    y_raw = effect(music, 3.0)
+    assert np.array_equal(LevelStage("off").apply(music, y_raw, SR), y_raw)
+    assert not LevelStage("off").needs_measure and LevelStage().needs_measure
+
+
+@pytest.mark.parametrize("click", [False, True])
+def test_stream_with_measurement_equals_offline_delayed(music, click):
+    y_raw = effect(music, 0.3)
+    if click:
+        y_raw[:, SR] += 3.0
+    stage = LevelStage()
+    offline = stage.apply(music, y_raw, SR)
+    assert stage.last["limiting"] == click
+    lat = stage.latency_samples(SR)
+    assert lat == limiter_latency(SR) > 0  # the same whether or not the limiter acts
+    rng = np.random.default_rng(0)
+    for sizes in ([8192] * 100, [511] * 1000, rng.integers(1, 6000, 1000)):
+        out = measured(stage, music, y_raw, sizes)
+        assert stage.measurement["limiting"] == click
+        assert out.shape == music.shape and not out[:, :lat].any()
+        assert np.abs(out[:, lat:] - offline[:, :-lat]).max() < 1e-5
+
+
+@pytest.mark.parametrize("original", ["texture", "grain"])
+def test_original_stream_with_measurement_equals_offline(music, original):
+    y_raw = effect(music, 2.0)
+    stage = LevelStage("original", original=original)
+    assert stage.latency_samples(SR) == 0
+    offline = stage.apply(music, y_raw, SR)
+    out = measured(stage, music, y_raw, np.random.default_rng(2).integers(1, 6000, 1000))
+    assert np.abs(out - offline).max() < 1e-5
+
+
+def test_offline_ignores_and_reset_keeps_a_fixed_measurement(music):
+    stage = LevelStage()
+    loud = effect(music, 3.0)
+    measured(stage, music, effect(music, 0.3), [4096] * 100)
+    fixed = stage.measurement
+    y = stage.apply(music, loud, SR)  # measures its own input
+    assert integrated_loudness(y, SR) == pytest.approx(integrated_loudness(music, SR), abs=0.05)
+    stage.reset()
+    assert stage.measurement == fixed
+    stage.forget_measure()
+    assert stage.measurement is None
+
+
+def test_live_stream_is_close_to_offline(music):
+    """No measurement: running loudness estimate, eased gain, limiter always on. On the demo
+    drum loop + pad through a darkening -10 dB 'effect' the live output's integrated loudness
+    is within 0.5 LU of the offline result; after the first second the per-400 ms-block levels
+    agree within 1.5 dB."""
+    y_raw = effect(music, 0.3)
+    stage = LevelStage()
+    offline = stage.apply(music, y_raw, SR)
+    lat = stage.latency_samples(SR)
+    live = stream(stage, music, y_raw, [512] * 1000)[:, lat:]
+    ref = offline[:, : live.shape[1]]
+    diff_lu = integrated_loudness(live, SR) - integrated_loudness(ref, SR)
+    block = int(0.4 * SR)
+    blocks = [
+        10 * np.log10(np.mean(live[:, a : a + block] ** 2) / np.mean(ref[:, a : a + block] ** 2))
+        for a in range(SR, live.shape[1] - block, block)
+    ]
+    print(f"live vs offline: integrated {diff_lu:+.2f} LU, "
+          f"blocks after 1 s {min(blocks):+.2f}..{max(blocks):+.2f} dB")
+    assert abs(diff_lu) < 0.5
+    assert max(abs(b) for b in blocks) < 1.5
+    assert true_peak_db(live) <= -0.5
+
+
+def test_bad_settings_get_one_clear_error():
+    with pytest.raises(ValueError, match="level must be one of"):
+        LevelStage("loud")
+    with pytest.raises(ValueError, match="ceiling_db must be between -24 and 0"):
+        LevelStage(ceiling_db=3.0)
+    with pytest.raises(ValueError, match="original must be"):
+        LevelStage("original", original="reverb")
+    assert repr(LevelStage()) == "LevelStage(mode='match', ceiling_db=-1, original='texture')"
+
+
+@pytest.mark.parametrize("mode", ["match", "original"])
+def test_mono_in_stereo_out_streams(music, mode):
+    x = music[:1]
+    y_raw = effect(music, 0.5)
+    stage = LevelStage(mode)
+    offline = stage.apply(x, y_raw, SR)
+    lat = stage.latency_samples(SR)
+    out = measured(stage, x, y_raw, [1000] * 1000)
+    assert np.abs(out[:, lat:] - offline[:, : offline.shape[1] - lat]).max() < 1e-5
+    stage.forget_measure()
+    assert stream(stage, x, y_raw, [1000] * 1000).shape == y_raw.shape  # live
+
+
+def test_non_finite_raw_output_never_reaches_the_output(music):
+    y_raw = effect(music, 0.3)
+    y_raw[0, 1000:1010] = np.nan
+    y_raw[1, 5] = np.inf
+    for mode in ("match", "original", "off"):
+        assert np.isfinite(LevelStage(mode).apply(music, y_raw, SR)).all()
+        assert np.isfinite(stream(LevelStage(mode), music, y_raw, [4096] * 100)).all()

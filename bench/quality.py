@@ -38,10 +38,11 @@ Per preset and file (``FIELDS``):
   the input, mean (output dB - input dB) minus the overall gain (output over
   input energy, dB): how far near-empty regions are raised beyond the level
   change (both floored 100 dB below the input's peak, so bands a codec left
-  empty do not read as lifts of nothing); ``silence_out_db``: output peak for the silent input;
+  empty do not read as lifts of nothing; bins up to 20 kHz only);
+  ``silence_out_db``: output peak for the silent input;
 * ``click_db``: the largest frame-to-frame broadband jump of the output
   (median over bins of the dB rise from one 1024-sample frame to the next,
-  hop 256) minus the input's largest such jump. A click in a smooth pad
+  hop 256, bins up to 20 kHz) minus the input's largest such jump. A click in a smooth pad
   shows as a large positive figure; re-shaped onsets of drums stay near 0.
 
 Summaries per preset: median and max over the corpus. ``--directions`` adds
@@ -76,6 +77,7 @@ from cakfx.measure import spectral_centroid, spectral_flatness
 from cakfx.presets import bundled_dir
 
 HF_EDGE = 22050.0
+AUDIBLE_HZ = 20000.0  # noise lift and clicks are judged in the audible band
 HF_MIN_SHARE_DB = 60.0  # HF kept is measured where the band above HF_EDGE holds more than -60 dB
 FLOOR_DB = 60.0  # bins within this of the (input) peak count as content
 
@@ -196,10 +198,13 @@ def loudness_db(audio: np.ndarray, sr: int) -> float:
     return integrated_loudness(audio, sr)
 
 
-def _mag_db(audio: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-    """|STFT| in dB, ``(channels, bins, frames)``, Hann window, centred."""
+def _mag_db(audio: np.ndarray, n_fft: int, hop: int, sr: float | None = None) -> np.ndarray:
+    """|STFT| in dB, ``(channels, bins, frames)``, Hann window, centred; only bins up to
+    ``AUDIBLE_HZ`` when ``sr`` is given."""
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
     spec = torch.stft(x, n_fft, hop, window=torch.hann_window(n_fft), center=True, return_complex=True)
+    if sr is not None:
+        spec = spec[..., : int(AUDIBLE_HZ / sr * n_fft) + 1, :]
     return (20 * torch.log10(spec.abs().clamp_min(1e-7))).double().numpy()
 
 
@@ -214,9 +219,9 @@ def gain_db(x: np.ndarray, y: np.ndarray) -> float:
     return 10 * math.log10(max(ey, 1e-30) / ex) if ex > 0 else 0.0
 
 
-def noise_lift_db(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Mean dB rise, beyond the overall gain, of the bins more than 60 dB below their frame's input peak."""
-    dx, dy = _mag_db(x, 2048, 512), _mag_db(y, 2048, 512)
+def noise_lift_db(x: np.ndarray, y: np.ndarray, sr: float) -> float | None:
+    """Mean dB rise, beyond the overall gain, of the audible bins more than 60 dB below their frame's peak."""
+    dx, dy = _mag_db(x, 2048, 512, sr), _mag_db(y, 2048, 512, sr)
     # below 100 dB under the file's peak counts as silence in both (codec-emptied bands would
     # otherwise read as 100+ dB lifts of nothing)
     floor = dx.max() - 100.0
@@ -230,9 +235,9 @@ def noise_lift_db(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.mean(dy[quiet] - dx[quiet]) - gain_db(x, y))
 
 
-def max_broadband_jump_db(audio: np.ndarray) -> float:
+def max_broadband_jump_db(audio: np.ndarray, sr: float) -> float:
     """Largest frame-to-frame rise of the median (over bins) dB level; bins floored 80 dB below the peak."""
-    d = _mag_db(audio, 1024, 256)
+    d = _mag_db(audio, 1024, 256, sr)
     d = np.maximum(d, d.max() - 80.0)
     jumps = np.median(np.diff(d, axis=-1), axis=1)  # (channels, frames - 1)
     return float(jumps.max()) if jumps.size else 0.0
@@ -270,8 +275,8 @@ def measure_pair(x: np.ndarray, y: np.ndarray, sr: int) -> dict:
         "d_flatness": None if silent else spectral_flatness(y, sr) - spectral_flatness(x, sr),
         "d_centroid_hz": None if silent else spectral_centroid(y, sr) - spectral_centroid(x, sr),
         "hf_kept_db": hf_kept_db(x, y, sr),
-        "noise_lift_db": None if silent else noise_lift_db(x, y),
-        "click_db": None if silent else max_broadband_jump_db(y) - max_broadband_jump_db(x),
+        "noise_lift_db": None if silent else noise_lift_db(x, y, sr),
+        "click_db": None if silent else max_broadband_jump_db(y, sr) - max_broadband_jump_db(x, sr),
     }
     if silent:
         row["silence_out_db"] = sample_peak_db(y)

@@ -3,7 +3,9 @@ and sample format, atomically."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ import numpy as np
 import soundfile as sf
 
 from cakfx.errors import CakfxError
-from cakfx.paths import as_new_file
+from cakfx.paths import as_new_file, os_reason
 
 #: extensions we try to decode; anything else in a folder is "not audio"
 AUDIO_EXTENSIONS = {
@@ -62,37 +64,306 @@ def is_audio_path(path: Path) -> bool:
 
 def walk_files(folder: str | os.PathLike) -> list[Path]:
     """Every file under ``folder``, recursive and sorted; hidden files (``.name``) left out."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
+    return scan_folder(folder)[0]
+
+
+def scan_folder(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Regular files under ``folder`` (recursive, sorted, hidden names left out) and what
+    could not be taken, as ``(path, reason)``: unreadable folders, special files (FIFOs,
+    sockets, devices), broken symbolic links and link loops.
+
+    Symbolic links to folders are not followed (as ``Path.rglob``), so a link cannot
+    make the walk loop. Names are kept exactly as the OS gives them (non-UTF-8 bytes
+    survive as surrogate escapes).
+    """
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+
+    def on_error(exc: OSError) -> None:
+        problems.append((Path(exc.filename), f"cannot read folder ({os_reason(exc)})"))
+
+    for root, dirs, names in os.walk(folder, onerror=on_error):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = Path(root) / name
+            try:
+                mode = path.stat().st_mode
+            except OSError as exc:
+                if path.is_symlink():
+                    why = "symbolic link loop" if exc.errno == errno.ELOOP else "broken symbolic link"
+                    problems.append((path, why))
+                else:
+                    problems.append((path, f"cannot read ({os_reason(exc)})"))
+                continue
+            if stat.S_ISREG(mode):
+                files.append(path)
+            elif not stat.S_ISDIR(mode):
+                problems.append((path, f"not a regular file ({_file_kind(mode)})"))
+    return sorted(files), sorted(problems)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def display_path(path: str | os.PathLike | bytes) -> str:
+    """A path as printable text: bytes that are not UTF-8 appear as ``\\xNN`` escapes,
+    so a strange file name can be reported and printed instead of raising."""
+    text = os.fsdecode(path)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def read_info(path: str | os.PathLike) -> AudioInfo:
+    """What ``path`` holds (rate, channels, frames, container, sample format)."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
-            raise CakfxError(f"{path}: empty file")
-        info = sf.info(str(path))
+            raise CakfxError(f"{display_path(path)}: empty file")
+        # a Python file object: soundfile cannot encode non-UTF-8 names itself
+        with open(path, "rb") as fh, sf.SoundFile(fh) as f:
+            return AudioInfo(f.samplerate, f.channels, f.frames, f.format, f.subtype)
     except CakfxError:
         raise
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise CakfxError(f"{path}: cannot read audio ({_reason(exc)})") from None
-    return AudioInfo(info.samplerate, info.channels, info.frames, info.format, info.subtype)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
+        raise CakfxError(f"{display_path(path)}: cannot read audio ({_reason(exc)})") from None
+
+
+def header_frames(path: str | os.PathLike, info: AudioInfo) -> int | None:
+    """The frame count a WAV or AIFF header declares (None where the header is not exact).
+
+    libsndfile quietly decodes what survives of a truncated file; comparing this with
+    ``info.frames`` finds the truncation.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if info.format == "WAV" and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+                order = "little"
+            elif info.format == "AIFF" and head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+                order = "big"
+            else:
+                return None
+            block_align = None
+            for _ in range(64):  # chunk headers; a real file has a handful
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], int.from_bytes(chunk[4:], order)
+                if cid == b"fmt ":
+                    fmt = f.read(16)
+                    block_align = int.from_bytes(fmt[12:14], "little")
+                    f.seek(size - len(fmt) + (size & 1), 1)
+                elif cid == b"data":
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None  # streamed WAVs leave the size open
+                    return size // block_align
+                elif cid == b"COMM":
+                    comm = f.read(6)
+                    return int.from_bytes(comm[2:6], "big")
+                else:
+                    f.seek(size + (size & 1), 1)
+    except OSError:
+        return None
+    return None
 
 
 def read_audio(path: str | os.PathLike, dtype: str = "float32") -> tuple[np.ndarray, AudioInfo]:
     """Read ``path`` as ``(channels, samples)`` float audio plus its ``AudioInfo``."""
-    path = Path(path)
-    info = read_info(path)
-    try:
-        data, _ = sf.read(str(path), dtype=dtype, always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise CakfxError(f"{path}: cannot decode audio ({_reason(exc)})") from None
-    if data.shape[0] == 0:
-        raise CakfxError(f"{path}: no audio frames")
-    if not np.all(np.isfinite(data)):
-        raise CakfxError(f"{path}: contains NaN or infinite samples")
+    reader = BlockReader(path, dtype=dtype)
+    parts = list(reader())
+    if not parts:
+        raise CakfxError(f"{display_path(path)}: no audio frames")
+    data = np.concatenate(parts, axis=1)
     # MP3/OGG report approximate frame counts in the header; the decoded length wins
-    info = AudioInfo(info.sample_rate, info.channels, data.shape[0], info.format, info.subtype)
-    return np.ascontiguousarray(data.T), info
+    info = reader.info
+    info = AudioInfo(info.sample_rate, info.channels, data.shape[1], info.format, info.subtype)
+    return np.ascontiguousarray(data), info
+
+
+class BlockReader:
+    """Calling it gives a fresh iterator of ``(channels, n)`` float blocks of the file, so
+    a file can be read more than once (a measuring pass, then the render) without being
+    held in memory. After a full pass, ``frames`` is the decoded length.
+
+    Raises ``CakfxError`` (naming the file) when the file cannot be decoded or holds
+    NaN/infinite samples.
+    """
+
+    def __init__(self, path: str | os.PathLike, block_frames: int = 65536, dtype: str = "float32"):
+        self.path = Path(path)
+        self.info = read_info(self.path)
+        self.block_frames = max(1, int(block_frames))
+        self.dtype = dtype
+        self.frames: int | None = None
+
+    def __call__(self):
+        where = display_path(self.path)
+        try:
+            with open(self.path, "rb") as fh, sf.SoundFile(fh) as f:
+                n = 0
+                for block in f.blocks(self.block_frames, dtype=self.dtype, always_2d=True):
+                    if not np.all(np.isfinite(block)):
+                        raise CakfxError(f"{where}: contains NaN or infinite samples")
+                    n += block.shape[0]
+                    yield np.ascontiguousarray(block.T)
+                self.frames = n
+        except CakfxError:
+            raise
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
+            raise CakfxError(f"{where}: cannot decode audio ({_reason(exc)})") from None
+
+
+# integer subtypes -> bits; written as rounded integers (libsndfile truncates floats,
+# a -0.5 LSB DC offset), so float -> file -> float is within half an LSB with no bias
+PCM_BITS = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32}
+
+
+def quantize(block: np.ndarray, subtype: str) -> np.ndarray:
+    """``(n, channels)`` float samples as the integers ``subtype`` stores (rounded to the
+    nearest step, clipped to full scale), shifted to int16/int32 as soundfile expects."""
+    bits = PCM_BITS[subtype]
+    scale = float(2 ** (bits - 1))
+    q = np.clip(np.rint(np.asarray(block, dtype=np.float64) * scale), -scale, scale - 1)
+    q = q.astype(np.int32)  # |q| <= 2**31: fits
+    return (q << (16 - bits)).astype(np.int16) if bits <= 16 else q << (32 - bits)
+
+
+class BlockWriter:
+    """Write ``(channels, n)`` blocks to ``path`` atomically: a hidden temporary file in
+    the same folder (``.cakfx-*.cakfx-tmp``), renamed over ``path`` by ``commit()``.
+
+    Every block is checked for non-finite samples first (``CakfxError``; nothing is
+    written) and measured (``meter``, a ``cakfx.dsp.loudness.PeakMeter``: sample peak, true
+    peak, samples beyond full scale).
+    Integer outputs are rounded, integer and lossy outputs clipped to [-1, 1] so loud
+    results clip instead of wrapping around.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sample_rate: int,
+        channels: int,
+        format: str | None = None,
+        subtype: str | None = None,
+    ):
+        path = Path(path)
+        if format is None:
+            ext = path.suffix.lower().lstrip(".")
+            format = {"aif": "AIFF", "oga": "OGG", "wave": "WAV"}.get(ext, ext.upper())
+        if subtype is None:
+            subtype = sf.default_subtype(format)
+        self.path, self.format, self.subtype = path, format, subtype
+        self.sample_rate, self.channels = int(sample_rate), int(channels)
+        self.frames = 0
+        from cakfx.dsp.loudness import PeakMeter  # here: scipy stays out of `cakfx --help`
+
+        self.meter = PeakMeter(self.channels)
+        self._file = None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # a short ASCII name: the output's own name may be long or not UTF-8
+        fd, self.tmp = tempfile.mkstemp(prefix=".cakfx-", suffix=TMP_SUFFIX, dir=path.parent)
+        try:
+            self._fh = _ErrorKeepingFile(os.fdopen(fd, "w+b"))
+            self._file = sf.SoundFile(self._fh, "w", self.sample_rate, self.channels, subtype, format=format)
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, (sf.LibsndfileError, RuntimeError, ValueError, TypeError)):
+                raise CakfxError(
+                    f"{display_path(path)}: cannot write {format}/{subtype} ({_reason(exc)})"
+                ) from None
+            raise
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.asarray(block)
+        if block.ndim != 2 or block.shape[0] != self.channels:
+            raise CakfxError(
+                f"{display_path(self.path)}: the chain returned shape {block.shape}, "
+                f"expected ({self.channels}, n)"
+            )
+        if not np.all(np.isfinite(block)):
+            bad = int(np.count_nonzero(~np.isfinite(block)))
+            raise CakfxError(
+                f"{display_path(self.path)}: the chain produced {bad} NaN or infinite samples "
+                f"near {self.frames / self.sample_rate:.2f}s; nothing written"
+            )
+        self.meter.process(block)
+        data = block.T
+        if self.subtype in PCM_BITS:
+            data = quantize(data, self.subtype)
+        elif self.subtype not in FLOAT_SUBTYPES:
+            data = np.clip(data, -1.0, 1.0).astype(np.float32)
+        try:
+            self._file.write(data)
+            if self._fh.error is not None:
+                raise self._fh.error
+        except (sf.LibsndfileError, RuntimeError, AssertionError, OSError) as exc:
+            # libsndfile reports a failed write as "System error." or a short count: the
+            # OS's own error, kept by the file object, says what happened
+            exc = self._fh.error or exc
+            raise CakfxError(f"{display_path(self.path)}: cannot write ({_reason(exc)})") from None
+        self.frames += block.shape[1]
+
+    def commit(self) -> None:
+        """Finish the file and rename it into place."""
+        try:
+            try:
+                self._file.close()
+                self._fh.flush()
+            except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+                exc = self._fh.error or exc
+                raise CakfxError(f"{display_path(self.path)}: cannot write ({_reason(exc)})") from None
+            if self._fh.error is not None:
+                raise CakfxError(f"{display_path(self.path)}: cannot write ({_reason(self._fh.error)})")
+            self._fh.close()
+            as_new_file(self.tmp)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Drop the temporary file (the output is left as it was)."""
+        for obj in (self._file, getattr(self, "_fh", None)):
+            try:
+                if obj is not None:
+                    obj.close()
+            except Exception:  # closing a half-written file may fail again; it is deleted anyway
+                pass
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+TMP_SUFFIX = ".cakfx-tmp"
+
+
+class _ErrorKeepingFile:
+    """A binary file for soundfile's virtual I/O that keeps the first OS error of a
+    write instead of letting it vanish inside libsndfile's callback."""
+
+    def __init__(self, f):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            return 0
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
 
 
 def write_audio(
@@ -104,33 +375,24 @@ def write_audio(
 ) -> None:
     """Write ``(channels, samples)`` audio atomically (temporary file, then rename).
 
-    Integer and lossy formats get values clipped to [-1, 1] first, so loud
-    results clip instead of wrapping around.
+    Integer formats are rounded; integer and lossy formats get values clipped to
+    [-1, 1] first, so loud results clip instead of wrapping around.
     """
-    path = Path(path)
-    if format is None:
-        ext = path.suffix.lower().lstrip(".")
-        format = {"aif": "AIFF", "oga": "OGG", "wave": "WAV"}.get(ext, ext.upper())
-    if subtype is None:
-        subtype = sf.default_subtype(format)
-    data = np.asarray(audio).T
-    if subtype not in FLOAT_SUBTYPES:
-        data = np.clip(data, -1.0, 1.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".cakfx-tmp", dir=path.parent)
-    os.close(fd)
+    audio = np.asarray(audio)
+    if audio.ndim == 1:
+        audio = audio[None, :]
+    writer = BlockWriter(path, sample_rate, audio.shape[0], format, subtype)
     try:
-        sf.write(tmp, data, int(sample_rate), subtype=subtype, format=format)
-        as_new_file(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, (sf.LibsndfileError, RuntimeError, ValueError, TypeError)):
-            raise CakfxError(f"{path}: cannot write {format}/{subtype} ({_reason(exc)})") from None
+        for start in range(0, audio.shape[1], 65536):
+            writer.write(audio[:, start : start + 65536])
+        writer.commit()
+    except BaseException:
+        writer.discard()
         raise
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno:
+        return os_reason(exc)
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__

@@ -2,11 +2,22 @@
 
 Guarantees (DESIGN §9): inputs are never written; outputs are written
 atomically; existing outputs are skipped unless ``overwrite`` (so a rerun
-resumes); one bad file is reported by path and reason and the rest carry on.
+resumes); one bad file, whatever went wrong (undecodable, an OS error such as
+a name too long or a full disk, an effect raising, NaN in the output), is
+reported by path and reason and the rest carry on. Every file is streamed:
+read in blocks, rendered by ``cakfx.streaming.render_stream`` and written in
+blocks, so memory does not grow with the file's length.
+
+The three steps are separate functions so another executor can reuse them:
+``plan`` (what to do), ``process_file`` (one file) and ``BatchReport`` (what
+happened).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
 import threading
 import time
@@ -15,18 +26,37 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
-from cakfx.audio import FORMATS, AudioInfo, is_audio_path, read_audio, walk_files, write_audio
-from cakfx.errors import CakfxError
+from cakfx.audio import (
+    FLOAT_SUBTYPES,
+    FORMATS,
+    TMP_SUFFIX,
+    AudioInfo,
+    BlockReader,
+    BlockWriter,
+    display_path,
+    header_frames,
+    is_audio_path,
+    scan_folder,
+)
+from cakfx.errors import CakfxError, describe_exception
+from cakfx.paths import atomic_write_bytes
+
+#: formats whose header frame count is exact (MP3/OGG headers are estimates)
+EXACT_HEADER_FORMATS = {"WAV", "AIFF", "FLAC", "W64", "RF64", "CAF", "AU"}
+#: statuses that do not make the run fail
+BENIGN = {"ok", "exists", "not-audio", "planned"}
 
 
 @dataclass
 class FileResult:
+    """What happened to one input. Paths are printable text (``display_path``)."""
+
     input: str
     output: str | None
-    status: str  # ok | exists | failed | not-audio | planned
+    status: str  # ok | exists | failed | skipped | not-audio | planned
     reason: str = ""
     duration: float | None = None  # audio seconds
     seconds: float = 0.0  # processing time
@@ -34,12 +64,17 @@ class FileResult:
     channels: int | None = None
     format: str | None = None
     subtype: str | None = None
+    peak_dbfs: float | None = None  # sample peak of the output, before any clipping
+    true_peak_dbfs: float | None = None
+    clipped_samples: int | None = None  # samples clipped at full scale in an integer/lossy output
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
 class BatchReport:
     files: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
+    stale_removed: int = 0  # temporary files of killed runs cleaned from the output folder
 
     def count(self, status: str) -> int:
         return sum(1 for f in self.files if f.status == status)
@@ -48,14 +83,49 @@ class BatchReport:
     def failed(self) -> int:
         return self.count("failed")
 
+    @property
+    def clipped(self) -> list[FileResult]:
+        return [f for f in self.files if f.clipped_samples]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed and nothing was skipped for a reason other than
+        "not audio" (the exit status of ``cakfx process``)."""
+        return all(f.status in BENIGN for f in self.files)
+
     def to_dict(self, **extra: Any) -> dict:
-        counts = {s: self.count(s) for s in ("ok", "exists", "failed", "not-audio", "planned")}
+        statuses = ("ok", "exists", "failed", "skipped", "not-audio", "planned")
+        counts = {s: self.count(s) for s in statuses}
+        counts["clipped"] = len(self.clipped)
+        counts["warnings"] = sum(1 for f in self.files if f.warnings)
         return {
             **extra,
             "seconds": round(self.seconds, 3),
             "counts": counts,
+            "stale_temp_files_removed": self.stale_removed,
             "files": [asdict(f) for f in self.files],
         }
+
+    def summary(self) -> str:
+        """One line for the console."""
+        n = self.count
+        parts = [
+            f"{n('ok')} processed",
+            f"{n('exists')} already done" if n("exists") else "",
+            f"{n('not-audio')} not audio (skipped)" if n("not-audio") else "",
+            f"{n('skipped')} skipped (unreadable or not a regular file)" if n("skipped") else "",
+            f"{self.failed} failed" if self.failed else "",
+            f"{n('planned')} planned" if n("planned") else "",
+        ]
+        line = ", ".join(p for p in parts if p) + f" in {self.seconds:.1f}s"
+        peaks = [f.peak_dbfs for f in self.files if f.peak_dbfs is not None]
+        true_peaks = [f.true_peak_dbfs for f in self.files if f.true_peak_dbfs is not None]
+        if peaks:
+            line += f"; outputs peak {max(peaks):+.1f} dBFS, true peak {max(true_peaks):+.1f} dBTP"
+            clipped = sum(f.clipped_samples or 0 for f in self.clipped)
+            n_files = len(self.clipped)
+            line += f", {clipped} samples clipped in {n_files} file(s)" if clipped else ", none clipped"
+        return line
 
 
 def output_format(info: AudioInfo, out_format: str) -> tuple[str, str, str | None]:
@@ -67,33 +137,98 @@ def output_format(info: AudioInfo, out_format: str) -> tuple[str, str, str | Non
     return fmt, subtype, ext
 
 
-def process_file(in_path, out_path, chain, out_format: str = "same") -> FileResult:
-    """Read, process and write one file, keeping rate, channels, length and format."""
+def process_file(
+    in_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    chain: Any,
+    out_format: str = "same",
+    buffer_size: int = 8192,
+) -> FileResult:
+    """Stream one file through ``chain`` into ``out_path``, keeping its rate, channels,
+    length, container and sample format (or converting the container with
+    ``out_format``).
+
+    The output is written atomically; a chain that produces NaN or infinite samples
+    fails the file and nothing is written. Integer and lossy outputs that clip are
+    reported in the result (``clipped_samples``, ``peak_dbfs``, ``warnings``).
+    Raises ``CakfxError`` naming the file.
+
+    >>> import numpy as np, pedalboard, tempfile, os
+    >>> from cakfx.audio import write_audio
+    >>> folder = tempfile.mkdtemp()
+    >>> write_audio(os.path.join(folder, "in.wav"), np.zeros((1, 4410), np.float32), 44100, subtype="PCM_16")
+    >>> result = process_file(os.path.join(folder, "in.wav"), os.path.join(folder, "out.wav"),
+    ...                       pedalboard.Gain(gain_db=-6))
+    >>> result.status, result.subtype, result.duration
+    ('ok', 'PCM_16', 0.1)
+    """
     in_path, out_path = Path(in_path), Path(out_path)
+    where = display_path(in_path)
     start = time.perf_counter()
     if out_path.exists() and out_path.resolve() == in_path.resolve():
-        raise CakfxError(f"{in_path}: output would overwrite the input")
-    audio, info = read_audio(in_path)
+        raise CakfxError(f"{where}: output would overwrite the input")
+    reader = BlockReader(in_path)
+    info = reader.info
+    if info.frames == 0 and info.format not in ("MP3", "MPEG", "OGG"):
+        raise CakfxError(f"{where}: no audio frames")
+    warnings = []
+    declared = header_frames(in_path, info)
+    if declared is not None and declared != info.frames:
+        warnings.append(f"truncated: the header says {declared} frames, the file holds {info.frames}")
     fmt, subtype, _ = output_format(info, out_format)
+    writer = BlockWriter(out_path, info.sample_rate, info.channels, fmt, subtype)
     try:
-        out = chain(audio, info.sample_rate)
-    except CakfxError:
+        _render(chain, reader, info.sample_rate, writer, buffer_size)
+        if reader.frames == 0:
+            raise CakfxError(f"{where}: no audio frames")
+        if writer.frames != reader.frames:
+            raise CakfxError(
+                f"{where}: the chain returned {writer.frames} samples for {reader.frames} (nothing written)"
+            )
+        writer.commit()
+    except BaseException:
+        writer.discard()
         raise
-    except Exception as exc:  # an effect failing on one file must not end the batch
-        raise CakfxError(f"{in_path}: processing failed ({type(exc).__name__}: {exc})") from exc
-    write_audio(out_path, out, info.sample_rate, format=fmt, subtype=subtype)
+    if fmt in EXACT_HEADER_FORMATS and declared is None and info.frames and reader.frames != info.frames:
+        warnings.append(f"decoded {reader.frames} frames, the header says {info.frames}")
+    meter = writer.meter
+    peak, true_peak = _db_or_none(meter.sample_peak_db), _db_or_none(meter.true_peak_db)
+    clipped = meter.clipped if subtype not in FLOAT_SUBTYPES else 0
+    if clipped:
+        warnings.append(f"clipped: {clipped} samples, peak {peak:+.1f} dBFS")
     return FileResult(
-        str(in_path),
-        str(out_path),
+        display_path(in_path),
+        display_path(out_path),
         "ok",
         "",
-        round(info.duration, 6),
+        round(reader.frames / info.sample_rate, 6),
         round(time.perf_counter() - start, 4),
         info.sample_rate,
         info.channels,
         fmt,
         subtype,
+        peak,
+        true_peak,
+        clipped,
+        warnings,
     )
+
+
+def _db_or_none(db: float) -> float | None:
+    """dB rounded for the report; None for digital silence (-inf is not JSON)."""
+    return round(float(db), 2) if np.isfinite(db) else None
+
+
+def _render(chain, reader: BlockReader, sample_rate: int, writer: BlockWriter, buffer_size: int) -> None:
+    from cakfx.streaming import render_stream
+
+    try:
+        render_stream(chain, reader, sample_rate, writer.write, buffer_size=buffer_size)
+    except CakfxError:
+        raise
+    except Exception as exc:  # an effect failing on one file must not end the batch
+        where = display_path(reader.path)
+        raise CakfxError(f"{where}: processing failed ({describe_exception(exc)})") from exc
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -104,20 +239,40 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
-def plan(inputs, out_dir, out_format: str = "same") -> list[tuple[Path, Path | None]]:
-    """(input, output) pairs; output is None for files that are not audio."""
-    out_dir = Path(out_dir).resolve()
+def plan(
+    inputs,
+    out_dir,
+    out_format: str = "same",
+    problems: list[tuple[Path, str]] | None = None,
+) -> list[tuple[Path, Path | None]]:
+    """(input, output) pairs; output is None for files that are not audio.
+
+    What cannot be taken (unreadable folders, special files, broken links) is appended
+    to ``problems`` as ``(path, reason)`` when a list is given.
+    """
+    out_dir = Path(out_dir).expanduser().resolve()
     pairs: list[tuple[Path, Path | None]] = []
     for raw in inputs:
         src = Path(raw).expanduser()
         if not src.exists():
-            raise CakfxError(f"input not found: {src}")
+            if src.is_symlink():
+                raise CakfxError(f"input is a broken symbolic link: {display_path(src)}")
+            raise CakfxError(f"input not found: {display_path(src)}")
         src = src.resolve()
         if src.is_dir():
             if _inside(out_dir, src):
-                raise CakfxError(f"output folder {out_dir} is inside the input folder {src}; choose another")
-            files = walk_files(src)
+                raise CakfxError(
+                    f"output folder {display_path(out_dir)} is inside the input folder "
+                    f"{display_path(src)}; choose another"
+                )
+            files, found_problems = scan_folder(src)
+            if problems is not None:
+                problems.extend(found_problems)
             base = src
+        elif not src.is_file():  # a FIFO or device named on the command line would block the read
+            if problems is not None:
+                problems.append((src, "not a regular file"))
+            continue
         else:
             files, base = [src], src.parent
         for f in files:
@@ -139,10 +294,80 @@ def check_output_dir(out_dir) -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CakfxError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
+        raise CakfxError(
+            f"cannot create output folder {display_path(out_dir)}: {describe_exception(exc)}"
+        ) from None
     if not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
-        raise CakfxError(f"output folder {out_dir} is not writable")
+        raise CakfxError(f"output folder {display_path(out_dir)} is not writable")
     return out_dir
+
+
+def check_report_path(path) -> Path:
+    """Refuse a ``--report`` path that cannot be written, before any file is processed."""
+    path = Path(path).expanduser()
+    where = display_path(path)
+    if path.is_dir():
+        raise CakfxError(f"--report {where} is a folder; give a file name such as report.json")
+    parent = path.parent
+    probe = parent
+    while not probe.exists():  # the nearest existing folder must let us create the rest
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CakfxError(f"--report {where}: {display_path(probe)} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CakfxError(f"--report {where}: not writable")
+    if len(os.fsencode(path.name)) > 255:
+        raise CakfxError(f"--report {where}: file name too long")
+    return path
+
+
+def write_report(path, report: BatchReport, **extra: Any) -> Path:
+    """Write the JSON report atomically (plain ASCII JSON, so odd file names survive)."""
+    path = Path(path).expanduser()
+    data = json.dumps(report.to_dict(**extra), indent=2, default=str)
+    try:
+        return atomic_write_bytes(path, data.encode("ascii"))
+    except OSError as exc:
+        raise CakfxError(f"cannot write report {display_path(path)}: {describe_exception(exc)}") from None
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path):
+    """Hold an advisory lock (``flock``) on the folder ``out_dir`` itself while a run
+    writes into it, so two runs cannot mix their outputs; nothing is left behind."""
+    import fcntl
+
+    try:
+        fd = os.open(out_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise CakfxError(
+            f"cannot lock output folder {display_path(out_dir)}: {describe_exception(exc)}"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise CakfxError(
+                    f"output folder {display_path(out_dir)} is in use by another cakfx process; "
+                    "wait for it to finish or choose another folder"
+                ) from None
+            raise
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def remove_stale_temp_files(out_dir: Path) -> int:
+    """Delete ``*.cakfx-tmp`` files left by killed runs (only call while holding the lock)."""
+    removed = 0
+    for root, _dirs, names in os.walk(out_dir):
+        for name in names:
+            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+    return removed
 
 
 def run_batch(
@@ -155,39 +380,95 @@ def run_batch(
     jobs: int = 1,
     progress: bool = True,
     on_result: Callable[[FileResult], None] | None = None,
+    buffer_size: int = 8192,
 ) -> BatchReport:
     """Process every audio file under ``inputs`` into ``out_dir``.
 
     ``chain_factory()`` builds a chain; with ``jobs > 1`` each worker thread
-    builds its own (effects keep state such as reverb tails).
+    builds its own (effects keep state such as reverb tails). The batch always
+    finishes: every failure is a ``failed`` entry with its reason.
     """
     if out_format != "same" and out_format not in FORMATS:
         raise CakfxError(f"unknown format {out_format!r} (choose same, {', '.join(FORMATS)})")
     start = time.perf_counter()
-    pairs = plan(inputs, out_dir, out_format)
-    if not dry_run:
-        check_output_dir(out_dir)
+    problems: list[tuple[Path, str]] = []
+    pairs = plan(inputs, out_dir, out_format, problems)
     report = BatchReport()
+    if dry_run:
+        return _run(
+            pairs,
+            problems,
+            report,
+            chain_factory,
+            out_format,
+            overwrite,
+            True,
+            jobs,
+            progress,
+            on_result,
+            buffer_size,
+            start,
+        )
+    out_dir = check_output_dir(out_dir)
+    with output_lock(out_dir):
+        report.stale_removed = remove_stale_temp_files(out_dir)
+        return _run(
+            pairs,
+            problems,
+            report,
+            chain_factory,
+            out_format,
+            overwrite,
+            False,
+            jobs,
+            progress,
+            on_result,
+            buffer_size,
+            start,
+        )
+
+
+def _run(
+    pairs,
+    problems,
+    report,
+    chain_factory,
+    out_format,
+    overwrite,
+    dry_run,
+    jobs,
+    progress,
+    on_result,
+    buffer_size,
+    start,
+) -> BatchReport:
+    from tqdm import tqdm
+
     todo: list[tuple[Path, Path]] = []
     input_set = {p for p, _ in pairs}
     claimed: dict[Path, Path] = {}
+    early: list[FileResult] = [
+        FileResult(display_path(path), None, "skipped", reason) for path, reason in problems
+    ]
     for src, dst in pairs:
+        shown, out = display_path(src), display_path(dst) if dst is not None else None
         if dst is None:
-            report.files.append(FileResult(str(src), None, "not-audio", "not an audio file extension"))
+            early.append(FileResult(shown, None, "not-audio", "not an audio file extension"))
         elif dst in input_set:
-            report.files.append(FileResult(str(src), str(dst), "failed", "output would overwrite an input"))
+            early.append(FileResult(shown, out, "failed", "output would overwrite an input"))
         elif dst in claimed:  # e.g. pad.wav and pad.aiff both converted with --format flac
-            reason = f"output name collides with the output of {claimed[dst]}"
-            report.files.append(FileResult(str(src), str(dst), "failed", reason))
-        elif dst.exists() and not overwrite:
-            report.files.append(FileResult(str(src), str(dst), "exists", "output exists (use --overwrite)"))
+            reason = f"output name collides with the output of {display_path(claimed[dst])}"
+            early.append(FileResult(shown, out, "failed", reason))
+        elif _exists(dst) and not overwrite:
+            early.append(FileResult(shown, out, "exists", "output exists (use --overwrite)"))
         elif dry_run:
-            report.files.append(FileResult(str(src), str(dst), "planned"))
+            early.append(FileResult(shown, out, "planned"))
         else:
             todo.append((src, dst))
         if dst is not None:
             claimed.setdefault(dst, src)
-    for result in report.files:
+    for result in early:
+        report.files.append(result)
         if on_result:
             on_result(result)
     if not todo:
@@ -202,27 +483,33 @@ def run_batch(
         try:
             if not hasattr(local, "chain"):
                 local.chain = chain_factory()
-            return process_file(src, dst, local.chain, out_format)
-        except CakfxError as exc:
-            reason = str(exc).removeprefix(f"{src}: ")
-        except MemoryError:
-            reason = "out of memory"
-        return FileResult(str(src), str(dst), "failed", reason, seconds=round(time.perf_counter() - t0, 4))
+            return process_file(src, dst, local.chain, out_format, buffer_size)
+        except Exception as exc:  # every cause becomes this file's failure; the batch goes on
+            reason = describe_exception(exc).removeprefix(f"{display_path(src)}: ")
+        return FileResult(
+            display_path(src), display_path(dst), "failed", reason, seconds=round(time.perf_counter() - t0, 4)
+        )
 
     bar = tqdm(total=len(todo), unit="file", disable=not progress, desc="processing", dynamic_ncols=True)
     try:
         if jobs <= 1:
-            results = (work(p) for p in todo)
-            for result in results:
-                _record(report, result, bar, on_result)
+            for pair in todo:
+                _record(report, work(pair), bar, on_result)
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 for result in pool.map(work, todo):
                     _record(report, result, bar, on_result)
     finally:
         bar.close()
-    report.seconds = time.perf_counter() - start
+        report.seconds = time.perf_counter() - start
     return report
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long: let processing report it
+        return False
 
 
 def _record(report: BatchReport, result: FileResult, bar, on_result) -> None:

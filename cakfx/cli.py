@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,13 +15,118 @@ from cakfx.errors import CakfxError
 
 
 class CakfxGroup(click.Group):
-    """Turns ``CakfxError`` into one ``Error: ...`` line and exit status 1."""
+    """Turns ``CakfxError`` (and OS errors) into one ``Error: ...`` line and exit status 1.
+
+    Heavy commands (``measure``) and plugin commands are loaded when asked for, so
+    ``cakfx --help`` and the listing commands start without importing torch.
+    """
+
+    #: name -> (module, attribute, short help shown before the module is imported)
+    lazy = {
+        "measure": (
+            "cakfx.measure",
+            "measure",
+            "Measure spectral flatness, centroid, RMS and format of audio files.",
+        )
+    }
+
+    def list_commands(self, ctx):
+        _add_plugin_commands(full=False)
+        return sorted(set(self.commands) | {n for n in self.lazy if _lazy_available(n)})
+
+    def get_command(self, ctx, name):
+        if name in self.commands:
+            return self.commands[name]
+        if name in self.lazy:
+            module, attr, _ = self.lazy[name]
+            try:
+                command = getattr(importlib.import_module(module), attr)
+            except ImportError:  # the module lands with another part of cakfx
+                return None
+            self.add_command(command, name)
+            return command
+        _add_plugin_commands(full=True)
+        return self.commands.get(name)
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            if name not in self.commands and name in self.lazy:
+                rows.append((name, self.lazy[name][2]))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except CakfxError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_printable(str(exc))) from None
+        except (OSError, RecursionError, MemoryError) as exc:  # one line, never a traceback
+            from cakfx.errors import describe_exception
+
+            where = f" ({_printable(os.fsdecode(exc.filename))})" if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"{describe_exception(exc)}{where}") from None
+
+
+def _lazy_available(name: str) -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(CakfxGroup.lazy[name][0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_asked: set[str] = set()  # plugins already asked for their commands
+
+
+def _add_plugin_commands(full: bool) -> None:
+    """Ask plugins for top-level commands: third-party ones only (enough for --help),
+    or all of them once a command name is not otherwise known."""
+    from cakfx.plugin_manager import load_entry_point_plugins, load_plugins, pm, report_hook_failure
+
+    load_plugins() if full else load_entry_point_plugins()
+    for impl in pm.hook.register_commands.get_hookimpls():
+        if impl.plugin_name in _asked:
+            continue
+        _asked.add(impl.plugin_name)
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            report_hook_failure(impl.plugin_name, "register_commands", exc)
+
+
+class TrainGroup(click.Group):
+    """``cakfx train``: its subcommands come from the trainer plugins, loaded on use."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if TrainGroup._loaded:
+            return
+        TrainGroup._loaded = True
+        from cakfx.training import trainers
+
+        for spec in trainers().values():
+            self.add_command(_train_command(spec))
+
+    def list_commands(self, ctx):
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        self._load()
+        return super().get_command(ctx, name)
+
+
+def _printable(text: str) -> str:
+    """Text any terminal can take: lone surrogates (non-UTF-8 file names) as escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @click.group(cls=CakfxGroup)
@@ -63,25 +170,30 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
     channels, length, container and sample format. Existing outputs are
     skipped unless --overwrite, so rerunning resumes an interrupted batch.
     """
-    from cakfx.batch import run_batch
+    from cakfx.audio import display_path
+    from cakfx.batch import check_report_path, run_batch, write_report
     from cakfx.device import resolve_device
-    from cakfx.presets import apply_overrides, build_chain, parse_set, read_preset, resolved_entries
+    from cakfx.presets import apply_overrides, build_chain, parse_set, read_preset, resolve_preset
 
+    if report:
+        report = check_report_path(report)  # refuse a bad path before any file is processed
     overrides = parse_set(sets)
     dev = resolve_device(device)
-    spec = apply_overrides(read_preset(preset), overrides)
-    resolved_entries(spec)  # fail fast on a bad preset, before touching any file
-    first_chain = [build_chain(spec, device=dev)]
+    # checked once, before touching any file; every worker builds from the same result
+    spec = resolve_preset(apply_overrides(read_preset(preset), overrides))
+    first_chain = [build_chain(spec, device=dev)] if not dry_run else []
 
     def chain_factory():
         # the first worker reuses the chain built up front; others get their own
         return first_chain.pop() if first_chain else build_chain(spec, device=dev)
 
     def on_result(result):
-        if result.status == "failed":
-            click.echo(f"failed: {result.input}: {result.reason}", err=True)
+        if result.status in ("failed", "skipped"):
+            click.echo(f"{result.status}: {result.input}: {result.reason}", err=True)
         elif result.status == "planned":
             click.echo(f"would write {result.output}")
+        for warning in result.warnings:
+            click.echo(f"warning: {result.input}: {warning}", err=True)
 
     result = run_batch(
         inputs,
@@ -95,25 +207,17 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
         on_result=on_result,
     )
     if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        data = result.to_dict(
+        write_report(
+            report,
+            result,
             preset=spec.name,
-            preset_path=str(spec.path),
-            output=str(out_dir),
+            preset_path=display_path(spec.path),
+            output=display_path(out_dir),
             device=str(dev),
             overrides=overrides,
         )
-        report.write_text(json.dumps(data, indent=2))
-    ok, exists, failed = result.count("ok"), result.count("exists"), result.failed
-    parts = [
-        f"{ok} processed",
-        f"{exists} already done" if exists else "",
-        f"{result.count('not-audio')} not audio (skipped)" if result.count("not-audio") else "",
-        f"{failed} failed" if failed else "",
-        f"{result.count('planned')} planned" if dry_run else "",
-    ]
-    click.echo(", ".join(p for p in parts if p) + f" in {result.seconds:.1f}s -> {out_dir}", err=True)
-    if failed:
+    click.echo(f"{result.summary()} -> {display_path(out_dir)}", err=True)
+    if not result.ok:
         sys.exit(1)
 
 
@@ -133,8 +237,8 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
 def inspect(file, preset, out_png, sets, sweep, seconds, device):
     """Picture the effect: input, output and difference spectrograms (needs the viz extra)."""
     from cakfx.device import resolve_device
-    from cakfx.inspect import inspect_file
     from cakfx.presets import parse_set
+    from cakfx.spectrogram import inspect_file
 
     info = inspect_file(file, preset, out_png, parse_set(sets), sweep, seconds, resolve_device(device))
     click.echo(f"wrote {info['path']} ({info['width']}x{info['height']}, {info['rows']} row(s))")
@@ -301,13 +405,13 @@ def weights():
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def weights_list(as_json):
     """Installed weights (user folder first, then bundled)."""
-    from cakfx.weights import bundled_dir, list_weights, load_weights
+    from cakfx.weights import bundled_dir, check_weights, list_weights
 
     rows = []
     for name, path in list_weights().items():
-        try:
-            wf = load_weights(path)
-            kind, trainer = wf.kind, wf.training.get("trainer", wf.training.get("source", ""))
+        try:  # a full check, with numpy only: no torch needed to list
+            meta, _, _, training = check_weights(path)
+            kind, trainer = meta["kind"], str(training.get("trainer", training.get("source", "")))
         except CakfxError as exc:
             kind, trainer = "invalid", str(exc)
         source = "bundled" if path.parent == bundled_dir() else "user"
@@ -332,7 +436,7 @@ def weights_import(checkpoint, kind, name, stats, force):
     """Convert an original research checkpoint (.pt) to safetensors, without unpickling code."""
     from cakfx.paths import user_weights_dir
     from cakfx.registry import get_effect
-    from cakfx.weights import save_weights
+    from cakfx.weights import bundled_dir, save_weights
 
     spec = get_effect(f"cak.{kind}")
     if spec.import_checkpoint is None:
@@ -340,6 +444,8 @@ def weights_import(checkpoint, kind, name, stats, force):
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise CakfxError(f"bad weights name {name!r}: use letters, digits, '-', '_' and '.'")
     target = user_weights_dir() / f"{name}.safetensors"
+    if (bundled_dir() / target.name).exists() and not force:
+        raise CakfxError(f"weights {name!r} would shadow the bundled weights of that name (use --force)")
     if target.exists() and not force:
         raise CakfxError(f"weights {name!r} already exist at {target} (use --force to replace)")
     tensors, stats_data, training = spec.import_checkpoint(checkpoint, stats)
@@ -350,7 +456,7 @@ def weights_import(checkpoint, kind, name, stats, force):
 # ---- train ----------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(cls=TrainGroup)
 def train():
     """Train a model on your own folder of samples."""
 
@@ -399,24 +505,3 @@ def _train_command(spec) -> click.Command:
             raise click.exceptions.Exit(130) from None
 
     return click.Command(spec.name, callback=run, params=params, help=spec.help, short_help=spec.summary)
-
-
-def _register_plugin_commands() -> None:
-    from cakfx.plugin_manager import pm
-    from cakfx.training import trainers
-
-    for spec in trainers().values():
-        train.add_command(_train_command(spec))
-    pm.hook.register_commands(cli=cli)
-
-
-def _add_measure() -> None:
-    try:
-        from cakfx.measure import measure
-    except ImportError:  # the measure module lands with the grain effect
-        return
-    cli.add_command(measure)
-
-
-_add_measure()
-_register_plugin_commands()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from cakfx.errors import CakfxError
+
+if TYPE_CHECKING:
+    import torch
 
 CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _mps_available() -> bool:
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     return bool(mps and mps.is_available())
 
@@ -21,6 +25,8 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
 
     Asking for an accelerator that is not there is a ``CakfxError``.
     """
+    import torch  # here, not at import: the listing commands stay torch-free
+
     if isinstance(name, torch.device):
         return name
     name = (name or os.environ.get("CAKFX_DEVICE") or "auto").strip().lower()

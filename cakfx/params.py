@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,12 @@ class Param:
         if t == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"expected a number, got {_describe(value)}")
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer too large for a float
+                raise ValueError(f"{value} is too large") from None
+            if not math.isfinite(value):
+                raise ValueError(f"expected a finite number, got {value!r}")
         elif t == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 if isinstance(value, float) and value.is_integer():
@@ -52,6 +58,7 @@ class Param:
         elif t == "table":
             if not isinstance(value, dict):
                 raise ValueError(f"expected a table, got {_describe(value)}")
+            _check_finite(value, self.name)
         if t in ("float", "int"):
             if self.min is not None and value < self.min:
                 raise ValueError(f"{value} is below the minimum {self.min}{self.range_text()}")
@@ -77,6 +84,20 @@ class Param:
         if self.required:
             out["required"] = True
         return out
+
+
+def _check_finite(value: Any, where: str, depth: int = 0) -> None:
+    """Tables (e.g. external plugin settings) hold no NaN/infinite numbers, and no deep nesting."""
+    if depth > 32:
+        raise ValueError("nested too deeply")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: expected a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]", depth + 1)
 
 
 def _describe(value: Any) -> str:

@@ -29,3 +29,40 @@ def as_new_file(path: str | os.PathLike) -> None:
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a hidden temporary file in the same folder,
+    then a rename, so a reader never sees half a file and a crash leaves the old one."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".cakfx-tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        as_new_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def os_reason(exc: BaseException) -> str:
+    """One line for an OS error: "no space left on device", "read-only file system", ..."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
+def is_file(path: str | os.PathLike) -> bool:
+    """``Path.is_file`` that answers False instead of raising for names the OS refuses
+    (too long, embedded NUL, a component that is not a folder)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False

@@ -54,6 +54,19 @@ def load_plugins() -> None:
             continue
         if pm.get_plugin(module_name) is None:
             pm.register(module, module_name)
+    load_entry_point_plugins()
+
+
+_entry_points_loaded = False
+
+
+def load_entry_point_plugins() -> None:
+    """Register the third-party plugins (``cakfx`` entry points) only, once: enough to
+    list their commands without importing the built-in neural effects."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
     for ep in entry_points(group="cakfx"):
         if pm.get_plugin(ep.name) is not None:
             continue
@@ -62,3 +75,20 @@ def load_plugins() -> None:
             pm.register(plugin, ep.name)
         except Exception as exc:
             _report(ep.name, exc)
+
+
+def call_hook(hook_name: str, **kwargs) -> None:
+    """Call every plugin's ``hook_name`` one by one: a plugin that raises is reported by
+    name and skipped, and the others still run."""
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        try:
+            impl.function(**kwargs)
+        except Exception as exc:
+            report_hook_failure(impl.plugin_name, hook_name, exc)
+
+
+def report_hook_failure(plugin: str, hook_name: str, exc: BaseException) -> None:
+    """Say on stderr, once per line, that ``plugin`` raised inside ``hook_name``."""
+    reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    failed_plugins[plugin] = reason
+    print(f"cakfx: plugin {plugin!r} failed in {hook_name} and was skipped ({reason})", file=sys.stderr)

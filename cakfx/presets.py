@@ -8,17 +8,20 @@ Every validation error names the file, the chain entry (index and id) and the ke
 from __future__ import annotations
 
 import os
+import re
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from cakfx.chain import Chain
-from cakfx.errors import CakfxError
-from cakfx.paths import user_presets_dir
-from cakfx.registry import closest, create_effect, effects, get_effect
-from cakfx.weights import resolve_weights, sha256_file
+from cakfx.errors import CakfxError, describe_exception
+from cakfx.paths import atomic_write_bytes, is_file, os_reason, user_presets_dir
+from cakfx.registry import build_node, closest, effects, get_effect
+from cakfx.weights import check_shapes, check_weights, resolve_weights, sha256_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,15 +30,17 @@ else:  # pragma: no cover
 
 ENTRY_KEYS = ("id", "effect", "sha256")  # chain-entry keys that are not effect parameters
 PRESET_KEYS = ("name", "description", "author", "version", "tags")
+MAX_PRESET_BYTES = 1024 * 1024  # a real preset is a few hundred bytes
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
-    """One ``[[chain]]`` table."""
+    """One ``[[chain]]`` table, as written (parameters not yet checked). Immutable:
+    overrides make a new entry."""
 
     index: int  # 1-based, as people count
     effect: str
-    params: dict[str, Any]
+    params: Mapping[str, Any]
     id: str | None = None
     sha256: str | None = None
 
@@ -43,19 +48,48 @@ class Entry:
         return f"chain entry {self.index}" + (f" (id {self.id!r})" if self.id else f" ({self.effect})")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Preset:
+    """A parsed preset file: structure checked, parameters not yet (see ``resolve_preset``)."""
+
     name: str
     path: Path
-    entries: list[Entry]
+    entries: tuple[Entry, ...]
     description: str = ""
     author: str = ""
     source: str = "path"  # path | user | bundled
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+
+@dataclass(frozen=True)
+class ResolvedEntry:
+    """A chain entry checked once: parameters validated with defaults filled in, weights
+    and paths resolved to files, pins verified. ``build_chain`` trusts it."""
+
+    entry: Entry
+    effect: str  # the registered name
+    params: Mapping[str, Any]
+    where: str  # "FILE: chain entry N (id 'x')", for errors while building
+
+
+@dataclass(frozen=True)
+class ResolvedPreset:
+    """A preset with overrides applied and every entry resolved: ready to build."""
+
+    preset: Preset
+    entries: tuple[ResolvedEntry, ...]
+
+    @property
+    def name(self) -> str:
+        return self.preset.name
+
+    @property
+    def path(self) -> Path:
+        return self.preset.path
 
 
 def bundled_dir() -> Path:
@@ -76,7 +110,7 @@ def find_preset(ref: str | os.PathLike) -> tuple[Path, str]:
     """Locate a preset by path or name."""
     text = str(ref)
     path = Path(text).expanduser()
-    if path.is_file():
+    if is_file(path):
         return path, "path"
     if text.endswith(".toml") or os.sep in text or "/" in text:
         raise CakfxError(f"preset file not found: {path}")
@@ -91,12 +125,25 @@ def read_preset(ref: str | os.PathLike) -> Preset:
     """Parse a preset file and check its structure (not yet its parameters)."""
     path, source = find_preset(ref)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PRESET_BYTES + 1)
+    except OSError as exc:
+        raise CakfxError(f"{path}: cannot read preset ({describe_exception(exc)})") from None
+    if len(raw) > MAX_PRESET_BYTES:
+        raise CakfxError(f"{path}: preset file too large (limit {MAX_PRESET_BYTES // 1024} KiB)")
+    return parse_preset(parse_toml(raw, path), path, source)
+
+
+def parse_toml(raw: bytes, path: Path | str) -> dict:
+    """TOML bytes -> dict, with one-line errors (bad UTF-8, bad TOML, nesting too deep)."""
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CakfxError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise CakfxError(f"{path}: invalid TOML ({exc})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CakfxError(f"{path}: cannot read preset ({exc})") from None
-    return parse_preset(data, path, source)
+    except RecursionError:
+        raise CakfxError(f"{path}: invalid TOML (nested too deeply)") from None
 
 
 def parse_preset(data: dict, path: Path, source: str = "path") -> Preset:
@@ -129,10 +176,16 @@ def parse_preset(data: dict, path: Path, source: str = "path") -> Preset:
             seen_ids.add(entry_id)
         if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
             raise CakfxError(f"{where}: sha256 must be a 64-character hex string")
-        entries.append(Entry(i, effect, params, entry_id, sha))
+        entries.append(Entry(i, effect, MappingProxyType(params), entry_id, sha))
     name = head.get("name") or path.stem
     return Preset(
-        str(name), path, entries, str(head.get("description", "")), str(head.get("author", "")), source, head
+        str(name),
+        path,
+        tuple(entries),
+        str(head.get("description", "")),
+        str(head.get("author", "")),
+        source,
+        MappingProxyType(dict(head)),
     )
 
 
@@ -143,7 +196,7 @@ def parse_value(text: str) -> Any:
     """A ``--set`` value: TOML syntax (``0.8``, ``true``, ``"x"``), else the raw string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return text
 
 
@@ -177,6 +230,8 @@ def _find_entry(preset: Preset, ref: str, key: str) -> Entry:
 
 
 def apply_overrides(preset: Preset, overrides: dict[str, Any] | None) -> Preset:
+    """A new ``Preset`` with ``{"ID.PARAM": value}`` overrides applied (``preset`` is left
+    as it was)."""
     for key, value in (overrides or {}).items():
         ref, _, param = key.partition(".")
         entry = _find_entry(preset, ref, key)
@@ -185,28 +240,27 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any] | None) -> Preset:
             raise CakfxError(
                 f"--set {key}: {entry.effect} has no parameter {param!r}{closest(param, spec.param_map)}"
             )
-        entry.params[param] = value
+        changed = replace(entry, params=MappingProxyType({**entry.params, param: value}))
+        entries = tuple(changed if e is entry else e for e in preset.entries)
+        preset = replace(preset, entries=entries)
     return preset
 
 
 # ---- validation and building ----------------------------------------------------------
 
-_sha_cache: dict[tuple, str] = {}
-
-
-def _sha256(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _sha_cache:
-        _sha_cache[key] = sha256_file(path)
-    return _sha_cache[key]
-
 
 def resolved_entries(preset: Preset, weights_dirs: tuple[Path, ...] = ()) -> list[tuple[Entry, dict]]:
-    """Check every entry; return (entry, parameters ready for the factory).
+    """(entry, parameters ready for the factory) for every entry (see ``resolve_preset``)."""
+    return [(r.entry, dict(r.params)) for r in resolve_preset(preset, weights_dirs).entries]
 
-    Weights and path parameters are resolved relative to the preset file;
-    ``sha256`` pins are checked against the weights file.
+
+def resolve_preset(preset: Preset, weights_dirs: tuple[Path, ...] = ()) -> ResolvedPreset:
+    """Check every entry once and return the immutable ``ResolvedPreset``.
+
+    Parameters are validated (types, ranges, finite numbers) with defaults filled in;
+    weights and path parameters are resolved relative to the preset file, weights files
+    fully checked, and ``sha256`` pins verified. ``weights_dirs`` are searched first for
+    weights names (an archive being installed).
     """
     from cakfx.registry import check_params
 
@@ -222,26 +276,44 @@ def resolved_entries(preset: Preset, weights_dirs: tuple[Path, ...] = ()) -> lis
             ptype = spec.param_map[name].type
             if ptype == "weights":
                 weights_path = _resolve_weights(value, preset.folder, weights_dirs, where)
+                check_effect_weights(spec, weights_path, where)
                 params[name] = str(weights_path)
             elif ptype == "path" and value and not Path(value).expanduser().is_absolute():
                 params[name] = str(preset.folder / value)
         if entry.sha256:
             if weights_path is None:
                 raise CakfxError(f"{where}: sha256 given but the entry has no weights")
-            actual = _sha256(weights_path)
+            actual = sha256_file(weights_path)
             if actual != entry.sha256.lower():
                 raise CakfxError(
                     f"{where}: weights checksum mismatch for {weights_path.name} "
                     f"(preset pins {entry.sha256[:12]}…, file is {actual[:12]}…)"
                 )
-        out.append((entry, params))
-    return out
+        out.append(ResolvedEntry(entry, spec.name, MappingProxyType(params), where))
+    return ResolvedPreset(preset, tuple(out))
+
+
+def check_effect_weights(spec, path: Path, where: str = "") -> None:
+    """Open and fully check a weights file for ``spec``: kind, metadata, finite values,
+    and the tensor names and shapes the effect's model expects (when it says)."""
+    try:
+        meta, arrays, stats, _ = check_weights(path, expect_kind=spec.name)
+        if spec.expected_shapes is not None:
+            try:
+                expected = spec.expected_shapes(stats)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CakfxError(
+                    f"{path}: weights stats do not fit {spec.name} ({describe_exception(exc)})"
+                ) from None
+            check_shapes({k: tuple(v.shape) for k, v in arrays.items()}, expected, path)
+    except CakfxError as exc:
+        raise CakfxError(f"{where}: weights: {exc}" if where else str(exc)) from None
 
 
 def _resolve_weights(ref: str, folder: Path, extra_dirs: tuple[Path, ...], where: str) -> Path:
     for d in extra_dirs:
         candidate = d / f"{ref}.safetensors"
-        if candidate.is_file():
+        if is_file(candidate):
             return candidate
     try:
         return resolve_weights(ref, relative_to=folder)
@@ -252,19 +324,71 @@ def _resolve_weights(ref: str, folder: Path, extra_dirs: tuple[Path, ...], where
 def validate_preset(ref: str | os.PathLike, overrides: dict | None = None) -> Preset:
     """Read and fully check a preset without loading any model."""
     preset = apply_overrides(read_preset(ref), overrides)
-    resolved_entries(preset)
+    resolve_preset(preset)
     return preset
 
 
-def build_chain(preset: Preset, device: Any = None) -> Chain:
-    items, ids = [], []
-    for entry, params in resolved_entries(preset):
-        where = f"{preset.path}: {entry.label()}"
-        spec = get_effect(entry.effect)
-        node = create_effect(spec.name, device=device, where=where, **params)
-        items.append(node)
-        ids.append(entry.id)
-    return Chain(items, ids)
+def build_chain(preset: Preset | ResolvedPreset, device: Any = None) -> Chain:
+    """The ``Chain`` of a preset; a ``ResolvedPreset`` is built as it is, without checking
+    it again (so a batch resolves once and builds one chain per worker)."""
+    resolved = preset if isinstance(preset, ResolvedPreset) else resolve_preset(preset)
+    items = [build_node(get_effect(r.effect), dict(r.params), device, r.where) for r in resolved.entries]
+    return Chain(items, [r.entry.id for r in resolved.entries])
+
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def save_preset(
+    name: str,
+    entries: list[dict[str, Any]],
+    description: str = "",
+    author: str = "",
+    folder: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Check a chain and write it as a TOML preset; return the file's path.
+
+    ``entries`` are dicts like ``[[chain]]`` tables (``effect``, optional ``id``,
+    parameters). The preset is validated exactly as ``cakfx presets validate``
+    would, then written atomically to ``folder`` (default: the user preset
+    folder), so ``cakfx process -p NAME`` can use it at once. An existing preset
+    of that name is replaced only with ``overwrite=True``.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = save_preset("warm", [{"effect": "pedalboard.Gain", "gain_db": -3.0}], folder=folder)
+    >>> path.name
+    'warm.toml'
+    """
+    import tomli_w
+
+    if not isinstance(name, str) or not _NAME_OK.match(name) or name.endswith(".toml"):
+        raise CakfxError(
+            f"preset name {name!r}: use letters, digits, '-', '_' or '.' (no path, no extension)"
+        )
+    if not isinstance(entries, (list, tuple)) or not all(isinstance(e, dict) for e in entries):
+        raise CakfxError(f"preset {name!r}: entries must be a list of tables (dicts)")
+    folder = Path(folder) if folder is not None else user_presets_dir()
+    path = folder / f"{name}.toml"
+    head: dict[str, Any] = {"name": name}
+    if description:
+        head["description"] = str(description)
+    if author:
+        head["author"] = str(author)
+    data = {"preset": head, "chain": [dict(e) for e in entries]}
+    preset = parse_preset(data, path, "user")
+    resolved_entries(preset)  # parameters, weights, pins: the same checks as validate
+    if path.exists() and not overwrite:
+        raise CakfxError(f"{path}: a preset of that name exists (pass overwrite=True to replace it)")
+    try:
+        text = tomli_w.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise CakfxError(f"preset {name!r}: cannot be written as TOML ({exc})") from None
+    try:
+        return atomic_write_bytes(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise CakfxError(f"{path}: cannot write preset ({os_reason(exc)})") from None
 
 
 def load_preset(name_or_path, device=None, overrides=None) -> Chain:
@@ -272,4 +396,4 @@ def load_preset(name_or_path, device=None, overrides=None) -> Chain:
     if isinstance(overrides, (list, tuple)):
         overrides = parse_set(overrides)
     preset = apply_overrides(read_preset(name_or_path), overrides)
-    return build_chain(preset, device=device)
+    return build_chain(resolve_preset(preset), device=device)

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from cakfx.errors import CakfxError
 from cakfx.params import Param
-from cakfx.plugin_manager import load_plugins, pm
+from cakfx.plugin_manager import load_plugins, pm, report_hook_failure
 
 
 @dataclass
@@ -34,6 +34,8 @@ class EffectSpec:
     analyse: Callable[..., Any] | None = None
     # extra per-value validation (e.g. pedalboard setters); raises ValueError(param, message)
     validate: Callable[[dict], None] | None = None
+    # the tensors a weights file must hold: expected_shapes(stats) -> {name: shape}
+    expected_shapes: Callable[[dict], dict[str, tuple[int, ...]]] | None = None
     plugin: str = ""
     param_map: dict[str, Param] = field(init=False)
 
@@ -61,11 +63,17 @@ def effects() -> dict[str, EffectSpec]:
         found: dict[str, EffectSpec] = {}
         for impl in pm.hook.register_effects.get_hookimpls():
             plugin_name = impl.plugin_name
+            mine: dict[str, EffectSpec] = {}
 
-            def register(name, factory, params, _plugin=plugin_name, **info):
-                found[name] = EffectSpec(name, factory, list(params), plugin=_plugin, **info)
+            def register(name, factory, params, _plugin=plugin_name, _mine=mine, **info):
+                _mine[name] = EffectSpec(name, factory, list(params), plugin=_plugin, **info)
 
-            impl.function(register=register)
+            try:  # a plugin that raises while registering is reported and skipped, not fatal
+                impl.function(register=register)
+            except Exception as exc:
+                report_hook_failure(plugin_name, "register_effects", exc)
+                continue
+            found.update(mine)
         _effects = dict(sorted(found.items()))
     return _effects
 
@@ -126,14 +134,28 @@ def check_params(spec: EffectSpec, params: dict, where: str = "") -> dict:
 def create_effect(name: str, *, device: Any = None, where: str = "", **params: Any) -> Any:
     """Build the effect ``name`` with validated ``params``.
 
-    Returns a node: an ``EffectNode`` or a native ``pedalboard.Plugin``.
+    Returns a node: an ``EffectNode`` or a native ``pedalboard.Plugin``. A bad value
+    is a ``CakfxError`` (a ``ValueError``) naming the parameter and its range.
+
+    >>> import cakfx
+    >>> cakfx.create_effect("pedalboard.Gain", gain_db=-6.0)
+    <pedalboard.Gain gain_db=-6 at ...>
+    >>> cakfx.create_effect("pedalboard.Reverb", room_size=2.0)
+    Traceback (most recent call last):
+    ...
+    cakfx.errors.CakfxError: room_size: 2.0 is above the maximum 1.0 (range 0 … 1)
     """
     spec = get_effect(name)
-    checked = check_params(spec, params, where)
+    return build_node(spec, check_params(spec, params, where), device, where)
+
+
+def build_node(spec: EffectSpec, checked: dict[str, Any], device: Any = None, where: str = "") -> Any:
+    """Call ``spec``'s factory with parameters that ``check_params`` already accepted."""
+    kwargs = dict(checked)
     if spec.takes_device:
-        checked["device"] = device
+        kwargs["device"] = device
     try:
-        return spec.factory(**checked)
+        return spec.factory(**kwargs)
     except CakfxError as exc:
         if where and not str(exc).startswith(where):
             raise CakfxError(f"{where}: {exc}") from None

@@ -24,7 +24,7 @@ def trainers() -> dict[str, TrainerSpec]:
     """Every registered trainer by name (plugins are loaded on first use)."""
     global _trainers
     if _trainers is None:
-        from cakfx.plugin_manager import load_plugins, pm
+        from cakfx.plugin_manager import load_plugins, pm, report_hook_failure
 
         load_plugins()
         found: dict[str, TrainerSpec] = {}
@@ -37,7 +37,10 @@ def trainers() -> dict[str, TrainerSpec]:
                     spec = TrainerSpec(spec.name, spec.kind, target, summary=" ".join(summary))
                 found[spec.name] = TrainerSpec(**{**spec.__dict__, "plugin": spec.plugin or _plugin})
 
-            impl.function(register=register)
+            try:  # a plugin raising inside its hook is reported by name and skipped
+                impl.function(register=register)
+            except Exception as exc:
+                report_hook_failure(impl.plugin_name, "register_trainers", exc)
         _trainers = dict(sorted(found.items()))
     return _trainers
 

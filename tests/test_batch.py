@@ -90,7 +90,16 @@ def test_batch_mirrors_tree_keeps_formats_and_reports_failures(library, tmp_path
 
     data = json.loads(report.read_text())
     by_name = {Path(f["input"]).name: f for f in data["files"]}
-    assert data["counts"] == {"ok": 9, "exists": 0, "failed": 2, "not-audio": 1, "planned": 0}
+    assert data["counts"] == {
+        "ok": 9,
+        "exists": 0,
+        "failed": 2,
+        "skipped": 0,
+        "not-audio": 1,
+        "planned": 0,
+        "clipped": 0,
+        "warnings": 0,
+    }
     assert by_name["empty.wav"]["status"] == "failed" and "empty file" in by_name["empty.wav"]["reason"]
     assert by_name["corrupt.wav"]["status"] == "failed" and by_name["corrupt.wav"]["reason"]
     assert by_name["notes.txt"]["status"] == "not-audio"

@@ -235,3 +235,45 @@ def test_weights_files_are_readable_like_any_new_file(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_save_preset_writes_a_preset_that_process_can_use(tmp_path):
+    from cakfx.presets import save_preset
+
+    path = save_preset(
+        "my-gain", [{"id": "g", "effect": "pedalboard.Gain", "gain_db": -6.0}], description="quieter"
+    )
+    assert path == user_presets_dir() / "my-gain.toml"
+    chain = cakfx.load_preset("my-gain")
+    x = tone(0.2, 44100).astype(np.float32)
+    y = chain.process(x, 44100)
+    assert np.allclose(y, x * 10 ** (-6 / 20), atol=1e-5)
+    preset = validate_preset("my-gain")
+    assert preset.description == "quieter"
+    # an existing preset is kept unless overwrite
+    with pytest.raises(cakfx.CakfxError, match="exists"):
+        save_preset("my-gain", [{"effect": "pedalboard.Gain", "gain_db": 1.0}])
+    save_preset("my-gain", [{"effect": "pedalboard.Gain", "gain_db": 1.0}], overwrite=True)
+    assert "gain_db = 1.0" in path.read_text()
+    # invalid chains and names are refused and nothing is written
+    with pytest.raises(cakfx.CakfxError, match="gain_db"):
+        save_preset("bad", [{"effect": "pedalboard.Gain", "gain_db": "loud"}])
+    with pytest.raises(cakfx.CakfxError, match="preset name"):
+        save_preset("../escape", [{"effect": "pedalboard.Gain"}])
+    assert not (user_presets_dir() / "bad.toml").exists()
+    assert not list(user_presets_dir().glob("*.cakfx-tmp"))
+
+
+def test_overrides_make_a_new_preset_and_resolution_happens_once():
+    from cakfx.presets import ResolvedPreset, apply_overrides, build_chain, read_preset, resolve_preset
+
+    original = read_preset("demo")
+    changed = apply_overrides(original, {"room.wet_level": 0.3})
+    assert changed is not original
+    assert original.entries[2].params["wet_level"] == 0.15 and changed.entries[2].params["wet_level"] == 0.3
+    with pytest.raises(TypeError):
+        original.entries[2].params["wet_level"] = 1.0  # immutable
+    resolved = resolve_preset(changed)
+    assert isinstance(resolved, ResolvedPreset) and resolved.entries[2].params["room_size"] == 0.2
+    chain = build_chain(resolved)
+    assert chain[2].wet_level == pytest.approx(0.3)

@@ -23,7 +23,7 @@ def commands() -> dict:
     """The ``cakfx train NAME`` click commands exactly as the CLI builds them from the registered trainers."""
     from cakfx.cli import train
 
-    return dict(train.commands)
+    return {name: train.get_command(None, name) for name in train.list_commands(None)}
 
 
 def make_samples(folder: Path, n: int = 8, seconds: float = 2.0) -> Path:

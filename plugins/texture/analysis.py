@@ -44,9 +44,9 @@ def average_spectrum_db(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def draw(weights_file: WeightsFile, out_png: str | Path) -> dict:
     """Render the analysis picture for ``weights_file``; return its path and size."""
-    from cakfx.inspect import require_matplotlib
     from cakfx.plugins.texture import create_texture
     from cakfx.plugins.texture.checkpoint import model_from_tensors
+    from cakfx.spectrogram import require_matplotlib
 
     plt = require_matplotlib()
     model = model_from_tensors(weights_file.tensors, str(weights_file.path))

@@ -4,7 +4,7 @@ Generates 2 minutes of stereo 44.1 kHz audio, uses 2 torch threads, and prints
 effect time / round-trip time (best of 3 each, runs interleaved so both see the
 same machine load). Target: ratio <= 1.5.
 
-    .venv/bin/python bench/texture.py [--seconds 120] [--device cpu] [--repeats 3]
+    .venv/bin/python bench/texture.py [--seconds 120] [--device cpu] [--repeats 3] [--level match]
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--amount", type=float, default=0.8)
+    parser.add_argument("--level", default="match", choices=("match", "original", "off"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]  # before we add our own
@@ -86,7 +87,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         weights, origin = find_weights(Path(tmp))
-        node = cakfx.create_effect("cak.texture", weights=weights, amount=args.amount, device=args.device)
+        node = cakfx.create_effect(
+            "cak.texture", weights=weights, amount=args.amount, level=args.level, device=args.device
+        )
         round_trip()
         node(audio[:, : SR * 5], SR)  # warm-up (allocator, FFT plans)
         times = {"round trip": [], "cak.texture": []}
@@ -100,7 +103,7 @@ def main() -> None:
     print(f"signal: {args.seconds:g} s stereo at {SR} Hz, {args.threads} torch threads, device {device}")
     print(f"weights: {origin}; amount {args.amount:g}")
     print(f"bare torch.stft -> torch.istft: {bare:.3f} s (best of {args.repeats})")
-    print(f"cak.texture (rms match + soft clip): {effect:.3f} s (best of {args.repeats})")
+    print(f"cak.texture (level {args.level}): {effect:.3f} s (best of {args.repeats})")
     print(f"ratio effect / round trip: {effect / bare:.2f}  (target <= 1.5)")
     if load > (os.cpu_count() or 1) - args.threads + 0.5:
         print(f"note: load average was {load:.1f} on {os.cpu_count()} cores: times inflated, ratio noisier")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from cakfx.node import EffectNode
     from cakfx.params import Param
     from cakfx.registry import create_effect
+    from cakfx.training import train
     from cakfx.weights import load_model
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ _LAZY = {
     "load_model": "cakfx.weights",
     "hookimpl": "cakfx.hookspecs",
     "FileResult": "cakfx.batch",
+    "train": "cakfx.training",
 }
 
 
@@ -94,6 +96,7 @@ __all__ = [
     "Param",
     "create_effect",
     "hookimpl",
+    "train",
     "load_model",
     "load_preset",
     "process_file",

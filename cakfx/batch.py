@@ -68,6 +68,7 @@ class FileResult:
     true_peak_dbfs: float | None = None
     clipped_samples: int | None = None  # samples clipped at full scale in an integer/lossy output
     warnings: list[str] = field(default_factory=list)
+    worker: str | None = None  # which Ray worker processed it (--executor ray)
 
 
 @dataclass
@@ -381,12 +382,14 @@ def run_batch(
     progress: bool = True,
     on_result: Callable[[FileResult], None] | None = None,
     buffer_size: int = 8192,
+    executor: Any = None,
 ) -> BatchReport:
     """Process every audio file under ``inputs`` into ``out_dir``.
 
     ``chain_factory()`` builds a chain; with ``jobs > 1`` each worker thread
     builds its own (effects keep state such as reverb tails). The batch always
-    finishes: every failure is a ``failed`` entry with its reason.
+    finishes: every failure is a ``failed`` entry with its reason. An ``executor``
+    (:mod:`cakfx.executors`) processes the planned files instead; ``chain_factory`` is unused.
     """
     if out_format != "same" and out_format not in FORMATS:
         raise CakfxError(f"unknown format {out_format!r} (choose same, {', '.join(FORMATS)})")
@@ -408,6 +411,7 @@ def run_batch(
             on_result,
             buffer_size,
             start,
+            executor,
         )
     out_dir = check_output_dir(out_dir)
     with output_lock(out_dir):
@@ -425,6 +429,7 @@ def run_batch(
             on_result,
             buffer_size,
             start,
+            executor,
         )
 
 
@@ -441,6 +446,7 @@ def _run(
     on_result,
     buffer_size,
     start,
+    executor=None,
 ) -> BatchReport:
     from tqdm import tqdm
 
@@ -492,7 +498,9 @@ def _run(
 
     bar = tqdm(total=len(todo), unit="file", disable=not progress, desc="processing", dynamic_ncols=True)
     try:
-        if jobs <= 1:
+        if executor is not None:  # e.g. Ray actors; planning and the report stay here
+            executor.run(todo, out_format, lambda result: _record(report, result, bar, on_result))
+        elif jobs <= 1:
             for pair in todo:
                 _record(report, work(pair), bar, on_result)
         else:

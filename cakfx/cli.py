@@ -27,7 +27,12 @@ class CakfxGroup(click.Group):
             "cakfx.measure",
             "measure",
             "Measure spectral flatness, centroid, RMS and format of audio files.",
-        )
+        ),
+        "studio": (
+            "cakfx.studio.command",
+            "studio",
+            "Load, tweak, A/B and save in the browser: a local web app.",
+        ),
     }
 
     def list_commands(self, ctx):
@@ -163,7 +168,48 @@ def _echo_json(data) -> None:
     "--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64), help="Files in parallel."
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_run, report, jobs, quiet):
+# ---- --executor ray (cakfx.executors.ray) ----
+@click.option(
+    "--executor",
+    default="local",
+    show_default=True,
+    type=click.Choice(["local", "ray"]),
+    help="Where files are processed: local threads, or Ray actors (the cakfx[ray] extra).",
+)
+@click.option("--address", help="Ray cluster: auto, ray://HOST:10001 or HOST:PORT (default: start one).")
+@click.option("--workers", type=click.IntRange(1), help="Ray workers (default: as the cluster allows).")
+@click.option("--cpus-per-worker", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option(
+    "--gpus-per-worker",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Fractional GPUs per Ray worker, e.g. 0.25 packs four on one GPU.",
+)
+@click.option(
+    "--shared-storage",
+    is_flag=True,
+    help="Ray workers read and write the paths themselves (all see the same storage).",
+)
+def process(
+    inputs,
+    preset,
+    out_dir,
+    sets,
+    device,
+    out_format,
+    overwrite,
+    dry_run,
+    report,
+    jobs,
+    quiet,
+    executor,
+    address,
+    workers,
+    cpus_per_worker,
+    gpus_per_worker,
+    shared_storage,
+):
     """Process audio files and folders (recursively) through a preset's chain.
 
     The output tree mirrors the input tree; each file keeps its sample rate,
@@ -181,7 +227,12 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
     dev = resolve_device(device)
     # checked once, before touching any file; every worker builds from the same result
     spec = resolve_preset(apply_overrides(read_preset(preset), overrides))
-    first_chain = [build_chain(spec, device=dev)] if not dry_run else []
+    runner = None
+    if executor == "ray" and not dry_run:  # workers build their own chains from the shipped preset
+        from cakfx.executors.ray import RayExecutor
+
+        runner = RayExecutor(spec, address, workers, cpus_per_worker, gpus_per_worker, device, shared_storage)
+    first_chain = [build_chain(spec, device=dev)] if not (dry_run or runner) else []
 
     def chain_factory():
         # the first worker reuses the chain built up front; others get their own
@@ -205,6 +256,7 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
         jobs=jobs,
         progress=not quiet and not dry_run,
         on_result=on_result,
+        executor=runner,
     )
     if report:
         write_report(
@@ -215,6 +267,7 @@ def process(inputs, preset, out_dir, sets, device, out_format, overwrite, dry_ru
             output=display_path(out_dir),
             device=str(dev),
             overrides=overrides,
+            executor=runner.describe() if runner else {"executor": "local", "jobs": jobs},
         )
     click.echo(f"{result.summary()} -> {display_path(out_dir)}", err=True)
     if not result.ok:

@@ -15,6 +15,7 @@ DEFAULT_PLUGINS = (
     "cakfx.plugins.texture",
     "cakfx.plugins.grain",
     "cakfx.trainers",
+    "cakfx.studio.command",
 )
 
 pm = pluggy.PluginManager("cakfx")

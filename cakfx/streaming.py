@@ -12,6 +12,22 @@ blocks) and the nodes (which stream with ``reset=False``). Contract::
   add up to exactly the input length, aligned with the input (latency removed, tail flushed);
 * the concatenated output equals ``chain(whole_input, sample_rate)`` (``reset=True``) to
   float rounding.
+
+Memory is bounded by the block size and the chain's latency, not the input's length.
+A file played in real time is the same loop at the device's block size::
+
+    >>> import numpy as np, pedalboard, cakfx
+    >>> from cakfx.streaming import render_stream
+    >>> chain = cakfx.Chain([pedalboard.Reverb(), pedalboard.Resample(target_sample_rate=16000)])
+    >>> audio = np.random.default_rng(0).standard_normal((2, 44100)).astype(np.float32) * 0.1
+    >>> out = []
+    >>> render_stream(chain, lambda: (audio[:, i:i + 512] for i in range(0, 44100, 512)),
+    ...               44100, out.append, buffer_size=512)
+    >>> streamed = np.concatenate(out, axis=1)
+    >>> streamed.shape
+    (2, 44100)
+    >>> bool(np.allclose(streamed, chain(audio, 44100), atol=1e-6))
+    True
 """
 
 from __future__ import annotations
@@ -19,6 +35,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
+
+from cakfx.node import EffectNode
 
 
 def render_stream(
@@ -30,12 +48,99 @@ def render_stream(
 ) -> None:
     """Stream ``blocks()`` through ``chain`` into ``sink`` (see the module docstring).
 
-    Placeholder until the nodes stream: gathers the input and makes one offline call.
+    First, for each node whose ``needs_measure`` is true (in chain order), one measuring
+    pass streams the whole input through the chain up to that node; then the render
+    pass streams it through the whole chain with ``reset=False``, drops the first
+    ``latency_samples`` output samples and flushes the tail with silence. Measurements
+    are forgotten at the end, so the chain's later live use starts from its running
+    estimates.
     """
-    parts = [np.asarray(b, dtype=np.float32) for b in blocks()]
-    if not parts:
+    from cakfx.chain import Chain
+
+    if not isinstance(chain, EffectNode):
+        chain = Chain([chain])  # a bare pedalboard plugin
+    measured: list[EffectNode] = []
+    try:
+        for node, upto in _measure_targets(chain):
+            node.begin_measure()
+            measured.append(node)
+            _run(upto, blocks, sample_rate, None, buffer_size)
+            node.end_measure()
+        _run(chain, blocks, sample_rate, sink, buffer_size)
+    finally:
+        for node in measured:
+            node.forget_measure()
+
+
+def _run(chain: EffectNode, blocks, sample_rate: float, sink, buffer_size: int) -> None:
+    """One streamed pass; ``sink=None`` for a measuring pass (the output is dropped)."""
+    if not sample_rate > 0:
+        raise ValueError(f"sample rate must be positive, got {sample_rate}")
+    sample_rate, buffer_size = float(sample_rate), max(1, int(buffer_size))
+    chain.reset()
+    latency = -1  # fixed once the stream has started
+    total = emitted = 0
+    channels = None
+
+    def feed(block: np.ndarray, stop: int | None) -> None:
+        # keep output samples with stream index in [latency, stop): the first `latency`
+        # are priming, and the flush stops at the input's length
+        nonlocal emitted, latency
+        out = chain.process_block(block, sample_rate, buffer_size, False)
+        if latency < 0:
+            latency = int(chain.latency_samples(sample_rate))
+        end = out.shape[1] if stop is None else max(0, stop - emitted)
+        keep = out[:, max(0, latency - emitted) : end]
+        emitted += out.shape[1]
+        if sink is not None and keep.shape[1]:
+            sink(keep)
+
+    for block in blocks():
+        block = np.atleast_2d(np.asarray(block, dtype=np.float32))
+        if channels is None:
+            channels = block.shape[0]
+        elif block.shape[0] != channels:
+            raise ValueError(f"a block has {block.shape[0]} channels, the stream {channels}")
+        if block.shape[1]:
+            feed(block, None)
+            total += block.shape[1]
+    if channels is None or total == 0:
         return
-    whole = np.concatenate(parts, axis=-1)
-    out = chain(whole, sample_rate, buffer_size=buffer_size, reset=True)
-    for start in range(0, out.shape[-1], max(1, buffer_size)):
-        sink(out[:, start : start + buffer_size])
+    if hasattr(chain, "end_input"):
+        chain.end_input(total)
+    while emitted < total + latency:  # flush the tail with silence
+        n = min(buffer_size, total + latency - emitted)
+        feed(np.zeros((channels, n), np.float32), total + latency)
+
+
+def _measure_targets(chain: EffectNode) -> list[tuple[EffectNode, EffectNode]]:
+    """``(node, what to stream to measure it)`` for each node that needs a measurement.
+
+    Top-level nodes of a ``Chain`` are measured through the chain up to them; nodes in
+    nested chains through the whole top-level item that holds them.
+    """
+    from cakfx.chain import Chain
+
+    if not isinstance(chain, Chain):
+        return [(chain, chain)] if chain.needs_measure else []
+    targets = []
+    for i, item in enumerate(chain.items):
+        if not isinstance(item, EffectNode) or not item.needs_measure:
+            continue
+        upto = Chain(chain.items[: i + 1])
+        for node in _leaves_needing_measure(item):
+            targets.append((node, upto))
+    return targets
+
+
+def _leaves_needing_measure(node: EffectNode) -> list[EffectNode]:
+    from cakfx.chain import Chain
+
+    if isinstance(node, Chain):
+        return [
+            leaf
+            for item in node.items
+            if isinstance(item, EffectNode)
+            for leaf in _leaves_needing_measure(item)
+        ]
+    return [node] if node.needs_measure else []

@@ -51,7 +51,9 @@ def test_matches_the_original_pipeline(imported, excerpt, reference, amount):
     audio, sr = excerpt
     original = reference / "texture" / f"original_output_amount_{amount}.wav"
     expected, ref_sr = sf.read(original, dtype="float32")
-    node = cakfx.create_effect("cak.texture", weights=str(imported), amount=amount, device="cpu")
+    node = cakfx.create_effect(
+        "cak.texture", weights=str(imported), amount=amount, level="original", device="cpu"
+    )
     out = node(audio, sr)
     assert ref_sr == sr and out.shape == expected.shape
     snr = snr_db(expected, out)
@@ -75,7 +77,9 @@ def test_stereo_left_equals_mono(imported, excerpt):
     audio, sr = excerpt
     audio = audio[: sr * 2]
     stereo = np.stack([audio, 0.5 * audio[::-1]])
-    node = cakfx.create_effect("cak.texture", weights=str(imported), amount=0.8, device="cpu")
+    node = cakfx.create_effect(
+        "cak.texture", weights=str(imported), amount=0.8, level="original", device="cpu"
+    )
     both = node(stereo, sr)
     assert np.allclose(both[0], node(audio, sr), atol=1e-6, rtol=0)
     assert np.allclose(both[1], node(stereo[1], sr), atol=1e-6, rtol=0)

@@ -83,9 +83,7 @@ def draw(weights_file: WeightsFile, out_png: str | Path) -> dict:
         ax = fig.add_subplot(grid[1, col]) if col < 3 else None
         freqs, base = average_spectrum_db(x)
         for amount in AMOUNTS:
-            node = create_texture(
-                amount, str(weights_file.path), rms_match=False, soft_clip=False, device="cpu"
-            )
+            node = create_texture(amount, str(weights_file.path), level="off", device="cpu")
             _, spec = average_spectrum_db(node(x, SR))
             ax.semilogx(freqs[1:], (spec - base)[1:], label=f"amount {amount:g}")
         ax.set_xlim(20, SR / 2)

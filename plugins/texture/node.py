@@ -7,7 +7,7 @@ Signal path for each channel at 44.1 kHz::
     n'  = n + conv3x3(n) * t * scale * sigmoid((t - 0.3) * 20)    # the CAK layer (model.py)
     Y   = denormalise(n') * X / |X|      # original phase kept
     y   = ISTFT(Y)[:len(x)]
-    y   = tanh(0.95 * y * clip(rms(x) / rms(y), 0.1, 10)) / 0.95
+    y   = level(x, y)                    # cakfx.dsp.level.LevelStage ("match", "original", "off")
 
 One frame grid covers the whole signal followed by n_fft zeros (the original zero-pads its
 chunks). The STFT, model and overlap-add run in blocks of frames: each block recomputes three
@@ -17,18 +17,30 @@ rounding: the FFT's batching can move the last bit) and memory stays bounded on 
 Frames live as ``(channels, frames, bins)`` with the bins contiguous; the 3x3 kernel (with the
 identity and the control folded in) is nine shifted multiply-adds. On the CPU, blocks run on
 ``torch.get_num_threads()`` Python threads with single-threaded torch ops
-(``cakfx.dsp.threads.parallel_map``).
+(``cakfx.dsp.threads.parallel_map``). An output hop whose whole support (the nine hops of
+input its frames and their kernel context read) is digital silence is exactly zero, so
+silence stays silent.
+
+Other rates: the model sees ``d = resample(x, sr, 44100)`` and the output is
+``x + resample(P(d) - d, 44100, sr)``: a complementary band split, so what lies above the
+model's band (22.05 kHz and up at 88.2/96 kHz) passes through unchanged.
+
+Streaming (``reset=False``): the same blocks, computed as soon as their frames are complete,
+so any chunking gives the offline output delayed by ``latency_samples(sr)``: n_fft + hop - 1
+= 2559 samples at 44.1 kHz (a hop's worth of frames, each needing the next frame as kernel
+context); at other rates add what the two streaming resamplers hold back. The offline path at
+other rates is the streaming path run on the whole signal, so the two agree by construction.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 import torch
 
-from cakfx.dsp.resample import resample
-from cakfx.dsp.threads import parallel_map
+from cakfx.dsp.threads import parallel_map, serial_torch_ops
 from cakfx.errors import CakfxError
 from cakfx.node import EffectNode
 from cakfx.plugins.texture import dsp
@@ -39,17 +51,21 @@ N_FFT = 2048
 HOP = 512
 PIECES = N_FFT // HOP  # frames overlapping each hop-sized chunk of output
 BINS = N_FFT // 2 + 1
+FIRST_CHUNK = (N_FFT // 2) // HOP  # output chunk m covers signal [m*HOP - N_FFT//2, (m+1)*HOP - N_FFT//2)
+#: samples a stream holds back at 44.1 kHz: chunk m needs input up to frame m + 1's end
+LATENCY_44 = N_FFT + HOP - 1
 #: frames per block: small blocks keep the CPU's working set in cache; accelerators like big ones
 CPU_BLOCK = 96
 ACCEL_BLOCK = 4096
-CHUNK = 1 << 16  # samples per step of the loudness pass
+LEVEL_MODES = ("match", "original", "off")
 
 
 class TextureNode(EffectNode):
     """The CAK texture processor on any number of channels at any sample rate.
 
     ``model`` is a ``TextureCAK``; ``stats`` holds ``global_low``/``global_high``
-    (and optionally ``alpha``/``gamma``) from the training set.
+    (and optionally ``alpha``/``gamma``) from the training set. ``level`` and ``ceiling_db``
+    configure the shared level stage (``cakfx.dsp.level.LevelStage``).
     """
 
     name = "cak.texture"
@@ -59,72 +75,177 @@ class TextureNode(EffectNode):
         model: TextureCAK,
         stats: dict,
         amount: float = 0.5,
-        rms_match: bool = True,
-        soft_clip: bool = True,
+        level: str = "match",
+        ceiling_db: float = -1.0,
         device: torch.device | str = "cpu",
         block_frames: int | None = None,
     ) -> None:
+        if level not in LEVEL_MODES:
+            raise CakfxError(f"cak.texture: level must be one of {', '.join(LEVEL_MODES)}; got {level!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.low, self.high, self.alpha, self.gamma = read_stats(stats)
         self.amount = float(amount)
-        self.rms_match = bool(rms_match)
-        self.soft_clip = bool(soft_clip)
+        self.level = level
+        self.ceiling_db = float(ceiling_db)
         default_block = CPU_BLOCK if self.device.type == "cpu" else ACCEL_BLOCK
         self.block_frames = max(1, int(block_frames or default_block))
+        self._stage = None  # the level stage, built for (level, ceiling_db) when first needed
+        self._stage_key = None
+        self._stream: _RawStream | None = None
+        self._x_delay: _Fifo | None = None
+        self._measuring = False  # between begin_measure and end_measure
+        self._priming = 0  # stream samples still to come before the signal's first (offline) sample
 
     def __repr__(self) -> str:
-        return f"<cakfx {self.name} amount={self.amount:g}>"
+        return (
+            f"<cakfx {self.name} amount={self.amount:g} level={self.level!r} "
+            f"ceiling_db={self.ceiling_db:g} device={self.device}>"
+        )
 
     # -- the node protocol ---------------------------------------------------------------
     def process_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
+        """Offline: the whole signal, output aligned with the input."""
         if self.amount == 0.0:  # true bypass, bit for bit
             return audio.copy()
         x = np.ascontiguousarray(audio, dtype=np.float32)
         if int(round(sample_rate)) == MODEL_SR:
             y = self.process_44k(x)
-        else:  # one channel at a time: the whole-signal resampler needs a few copies of its input
-            y = np.empty_like(x)
-            for c in range(x.shape[0]):
-                x44 = resample(torch.from_numpy(x[c : c + 1]), sample_rate, MODEL_SR)
-                y44 = self.process_44k(x44.numpy())
-                del x44
-                y[c] = resample(torch.from_numpy(y44), MODEL_SR, sample_rate, length=x.shape[-1])[0].numpy()
-                del y44
-        self.finish(x, y)
-        return y.astype(audio.dtype, copy=False)
+        else:  # the streaming path on the whole signal, flushed: offline and streamed agree
+            raw = _RawStream(self, sample_rate, x.shape[0])
+            lat = raw.latency
+            y = raw.push(np.concatenate([x, np.zeros((x.shape[0], lat), np.float32)], axis=1))[:, lat:]
+        stage = self._level_stage()
+        if stage is not None:
+            y = stage.apply(x, y, sample_rate)
+        return np.asarray(y).astype(audio.dtype, copy=False)
+
+    def stream_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
+        """Streaming: continues the previous call; the offline output delayed by ``latency_samples``."""
+        if self.amount == 0.0:
+            return audio.copy()
+        x = np.ascontiguousarray(audio, dtype=np.float32)
+        channels = x.shape[0]
+        stream = self._stream
+        if stream is None or (stream.sample_rate, stream.channels) != (sample_rate, channels):
+            self._stream = _RawStream(self, sample_rate, channels)  # a new stream (process() resets too)
+            self._x_delay = _Fifo(channels, self._stream.latency)
+            self._priming = self._stream.latency
+        y = self._stream.push(x)
+        stage = self._level_stage()
+        if stage is not None:
+            self._x_delay.push(x)
+            xd = self._x_delay.pop(x.shape[1])
+            if self._measuring:  # the meters see the signal as offline does: no priming zeros first
+                skip = min(self._priming, x.shape[1])
+                self._priming -= skip
+                if skip < x.shape[1]:
+                    stage.stream(xd[:, skip:], y[:, skip:], sample_rate)
+                return np.zeros_like(audio)  # a measuring pass drops its output
+            y = stage.stream(xd, y, sample_rate)
+        return np.asarray(y).astype(audio.dtype, copy=False)
+
+    def latency_samples(self, sample_rate: float) -> int:
+        """Samples a stream (``reset=False``) lags the offline output at ``sample_rate``."""
+        if self.amount == 0.0:
+            return 0
+        stage = self._level_stage()
+        return raw_latency(sample_rate) + (stage.latency_samples(sample_rate) if stage is not None else 0)
+
+    def reset(self) -> None:
+        """Forget the stream (a kept level measurement stays, as the protocol says)."""
+        self._stream = None
+        self._x_delay = None
+        if self._stage is not None:
+            self._stage.reset()
+
+    # -- the level stage and its measuring protocol ----------------------------------------
+    def _level_stage(self):
+        if self.level == "off":
+            return None
+        key = (self.level, self.ceiling_db)
+        if self._stage_key != key:
+            from cakfx.dsp.level import LevelStage
+
+            self._stage = LevelStage(mode=self.level, ceiling_db=self.ceiling_db, original="texture")
+            self._stage_key = key
+        return self._stage
+
+    @property
+    def needs_measure(self) -> bool:
+        stage = self._level_stage()
+        return self.amount != 0.0 and stage is not None and bool(stage.needs_measure)
+
+    def begin_measure(self) -> None:
+        self._measuring = True
+        stage = self._level_stage()
+        if stage is not None:
+            stage.begin_measure()
+
+    def end_measure(self) -> None:
+        self._measuring = False
+        stage = self._level_stage()
+        if stage is not None:
+            stage.end_measure()
+
+    def forget_measure(self) -> None:
+        self._measuring = False
+        stage = self._level_stage()
+        if stage is not None:
+            stage.forget_measure()
 
     # -- the spectral part ---------------------------------------------------------------
     @torch.no_grad()
     def process_44k(self, x: np.ndarray) -> np.ndarray:
-        """STFT -> model -> ISTFT of ``(C, N)`` float32 audio at 44.1 kHz, without loudness steps."""
-        channels, length = x.shape
+        """STFT -> model -> ISTFT of ``(C, N)`` float32 audio at 44.1 kHz, without the level stage."""
+        length = x.shape[-1]
         out = np.empty_like(x)
+        last = (length - 1 + N_FFT // 2) // HOP  # the last chunk holding a signal sample
+        self._render(torch.from_numpy(x), 0, FIRST_CHUNK, last + 1, out, 0)
+        return out
+
+    def _render(
+        self, src: torch.Tensor, origin: int, m0: int, m1: int, out: np.ndarray, out_origin: int
+    ) -> None:
+        """Output chunks ``[m0, m1)`` into ``out`` (clipped to it), block-parallel.
+
+        ``src`` holds signal samples from signal index ``origin`` (zeros before 0 and after its
+        end); ``out[:, 0]`` is signal index ``out_origin``.
+        """
         kernel, bias = self.model.effective_kernel(self.amount)
         kernel = kernel.tolist()
         window, synthesis, first_fix = _windows(self.device)
-        # output chunk m holds padded samples [m*HOP, (m+1)*HOP); the signal starts at padded N_FFT//2
-        first = (N_FFT // 2) // HOP
-        last = (length - 1 + N_FFT // 2) // HOP
-        src = torch.from_numpy(x)
 
-        def run(m0: int) -> None:
-            m1 = min(m0 + self.block_frames, last + 1)
-            y = self._block(src, m0, m1, kernel, float(bias), window, synthesis, first_fix)
-            start = m0 * HOP - N_FFT // 2  # first output sample of this block in signal time
-            a, b = max(start, 0), min(start + y.shape[-1], length)
-            out[:, a:b] = y[:, a - start : b - start].cpu().numpy()
+        def run(b0: int) -> None:
+            b1 = min(b0 + self.block_frames, m1)
+            y = self._block(src, origin, b0, b1, kernel, float(bias), window, synthesis, first_fix)
+            start = b0 * HOP - N_FFT // 2 - out_origin  # first sample of this block in out
+            a, b = max(start, 0), min(start + y.shape[-1], out.shape[-1])
+            if b > a:
+                out[:, a:b] = y[:, a - start : b - start].cpu().numpy()
 
-        self._map(run, range(first, last + 1, self.block_frames))
-        return out
+        jobs = range(m0, m1, self.block_frames)
+        if len(jobs) == 1 and self.device.type == "cpu":  # a streamed block: still no OpenMP barriers
+            with serial_torch_ops():
+                run(jobs[0])
+        else:
+            parallel_map(run, jobs, self.device)
 
-    def _block(self, src, m0, m1, kernel, bias, window, synthesis, first_fix) -> torch.Tensor:
+    def _block(self, src, origin, m0, m1, kernel, bias, window, synthesis, first_fix) -> torch.Tensor:
         """Output chunks ``[m0, m1)`` of every channel, ``(C, (m1 - m0) * HOP)``."""
         # frames m0-4 .. m1 (inclusive): chunk m sums frames m-3..m; the kernel wants one more each side
         f0, f1 = m0 - PIECES, m1 + 1
-        frames = _frames(src, f0, f1, self.device) * window
+        seg = _segment(src, origin, f0, f1, self.device)  # (C, (f1 - f0 + 3) * HOP)
+        count = m1 - m0
+        # chunk k reads hops k .. k+8 of seg (its frames and their kernel context)
+        low, high = torch.aminmax(seg.reshape(seg.shape[0], -1, HOP), dim=-1)  # one pass, no copy
+        loud = (low != 0) | (high != 0)
+        silent = torch.nn.functional.max_pool1d(loud.float()[:, None], 9, 1)[:, 0] == 0  # (C, count)
+        if bool(silent.all()):
+            return torch.zeros(seg.shape[0], count * HOP, device=seg.device)
+        frames = seg.unfold(-1, N_FFT, HOP) * window
         spec = torch.fft.rfft(frames)  # (C, K + 2, BINS), bins contiguous
-        del frames
+        del frames, seg
         parts = torch.view_as_real(spec)
         parts = parts * parts  # |X|^2 without complex abs (slow on CPU); pow(2) is slower than mul
         mag = torch.add(parts[..., 0], parts[..., 1]).sqrt_()  # a new, contiguous tensor
@@ -139,9 +260,9 @@ class TextureNode(EffectNode):
         any_silent = float(mag.amin()) == 0.0
         inner, mag = spec[:, 1:-1], mag[:, 1:-1]  # views: the context frames are dropped below
         if any_silent:  # the original's angle(0) = 0: the new magnitude goes on the real axis
-            silent = mag == 0
-            inner.masked_fill_(silent, 1.0)
-            mag.masked_fill_(silent, 1.0)
+            zero = mag == 0
+            inner.masked_fill_(zero, 1.0)
+            mag.masked_fill_(zero, 1.0)
         inner.mul_(new_mag.div_(mag))
         del new_mag, mag
         if missing > 1:
@@ -149,39 +270,139 @@ class TextureNode(EffectNode):
         # inverse FFT of every frame (contiguous input; two frames wasted) then the inner ones
         frames = torch.fft.irfft(spec, n=N_FFT)[:, 1:-1].mul_(synthesis)  # (C, M + 3, N_FFT)
         pieces = frames.unflatten(-1, (PIECES, HOP))
-        count = m1 - m0
         at = [pieces[:, PIECES - 1 - j : PIECES - 1 - j + count, j] for j in range(PIECES)]
         y = torch.add(at[0], at[1])
         for j in range(2, PIECES):  # fixed order, whatever the block size
             y.add_(at[j])
         for m in range(m0, min(m1, PIECES - 1)):  # chunks the first frames do not fully cover
             y[:, m - m0].mul_(first_fix[m])
+        if bool(silent.any()):
+            y[silent] = 0
         return y.flatten(-2)
 
-    # -- loudness --------------------------------------------------------------------------
-    def finish(self, x: np.ndarray, y: np.ndarray) -> None:
-        """RMS match then soft clip, in place on ``y``, per channel, in cache-sized chunks."""
-        if not (self.rms_match or self.soft_clip):
-            return
-        src, out = torch.from_numpy(x), torch.from_numpy(y)
-        gains = [1.0] * out.shape[0]
-        if self.rms_match:
-            for c in range(out.shape[0]):
-                rms_in, rms_out = _rms(src[c]), _rms(out[c])
-                gains[c] = min(max(rms_in / rms_out, 0.1), 10.0) if rms_out > 0 else 1.0
 
-        def run(job: tuple[int, int]) -> None:
-            c, a = job
-            seg = out[c, a : a + CHUNK]
-            if self.soft_clip:
-                seg.mul_(0.95 * gains[c]).tanh_().div_(0.95)
-            elif gains[c] != 1.0:
-                seg.mul_(gains[c])
+def raw_latency(sample_rate: float) -> int:
+    """Latency of the level-free path at ``sample_rate``: the 44.1 kHz frames plus what the
+    streaming resamplers hold back (a bound measured on soxr for chunks of 1 sample, where it
+    holds back most, with a margin)."""
+    sr = int(round(sample_rate))
+    if sr == MODEL_SR:
+        return LATENCY_44
+    down = _resampler_holdback(sr, MODEL_SR)  # in 44.1 kHz samples
+    up = _resampler_holdback(MODEL_SR, sr)  # in output samples
+    return int(math.ceil(up + (down + LATENCY_44) * sr / MODEL_SR)) + 2
 
-        self._map(run, [(c, a) for c in range(out.shape[0]) for a in range(0, out.shape[1], CHUNK)])
 
-    def _map(self, fn, jobs) -> None:
-        parallel_map(fn, jobs, self.device)
+def _resampler_holdback(orig: int, new: int) -> int:
+    """An upper bound of the output samples a soxr stream (quality HQ) withholds, any chunking."""
+    return int(math.ceil(1200 * new / min(orig, new))) + 16
+
+
+class _Fifo:
+    """A first-in first-out queue of ``(channels, n)`` float32 blocks."""
+
+    def __init__(self, channels: int, zeros: int = 0) -> None:
+        self.parts: deque[np.ndarray] = deque()
+        self.size = 0
+        if zeros:
+            self.push(np.zeros((channels, zeros), np.float32))
+
+    def push(self, block: np.ndarray) -> None:
+        if block.shape[1]:
+            self.parts.append(block)
+            self.size += block.shape[1]
+
+    def pop(self, n: int) -> np.ndarray:
+        if n > self.size:  # the latency bound was wrong: a bug, not bad input
+            raise RuntimeError(f"cak.texture stream underflow: {n} samples asked, {self.size} held")
+        out = []
+        while n:
+            head = self.parts[0]
+            if head.shape[1] <= n:
+                out.append(self.parts.popleft())
+                n -= head.shape[1]
+            else:
+                out.append(head[:, :n])
+                self.parts[0] = head[:, n:]
+                n = 0
+        self.size -= sum(o.shape[1] for o in out)
+        if len(out) == 1:
+            return out[0]
+        return np.concatenate(out, axis=1) if out else np.zeros((0, 0), np.float32)
+
+
+class _RawStream:
+    """Streaming state of the level-free path for one stream (channels, sample rate).
+
+    ``push(block)`` returns a block of the same length: the offline output delayed by
+    ``latency`` samples.
+    """
+
+    def __init__(self, node: TextureNode, sample_rate: float, channels: int) -> None:
+        self.node, self.sample_rate, self.channels = node, float(sample_rate), channels
+        self.latency = raw_latency(sample_rate)
+        self.out = _Fifo(channels, self.latency)
+        # the 44.1 kHz frame stream: input from signal index `start`, not yet joined parts after it
+        self.buf = np.zeros((channels, 0), np.float32)
+        self.start = 0
+        self.pending: list[np.ndarray] = []
+        self.received = 0
+        self.next_chunk = FIRST_CHUNK
+        sr = int(round(sample_rate))
+        self.resampling = sr != MODEL_SR
+        if self.resampling:
+            import soxr
+
+            # one mono stream per channel: rows go in and come out contiguous (no interleaving)
+            self.down = [
+                soxr.ResampleStream(sr, MODEL_SR, 1, dtype="float32", quality="HQ") for _ in range(channels)
+            ]
+            self.up = [
+                soxr.ResampleStream(MODEL_SR, sr, 1, dtype="float32", quality="HQ") for _ in range(channels)
+            ]
+            self.x_fifo = _Fifo(channels)  # input waiting for the model's difference
+            self.d_fifo = _Fifo(channels)  # model input waiting for the model's output
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        if not self.resampling:
+            self.out.push(self.frames(x))
+            return self.out.pop(x.shape[1])
+        self.x_fifo.push(x)
+        d = _resample_rows(self.down, x)
+        if d.shape[1]:
+            self.d_fifo.push(d)
+            p = self.frames(d)
+            if p.shape[1]:
+                diff = p - self.d_fifo.pop(p.shape[1])  # the model's change, in the model's band only
+                e = _resample_rows(self.up, diff)
+                if e.shape[1]:
+                    self.out.push(self.x_fifo.pop(e.shape[1]) + e)
+        return self.out.pop(x.shape[1])
+
+    def frames(self, x: np.ndarray) -> np.ndarray:
+        """Take 44.1 kHz input; return every output sample that is now complete, in order."""
+        self.pending.append(x)
+        self.received += x.shape[1]
+        last = (self.received - N_FFT // 2) // HOP  # chunks before `last` have all their frames
+        if last <= self.next_chunk:
+            return np.zeros((self.channels, 0), np.float32)
+        self.buf = np.concatenate([self.buf, *self.pending], axis=1)
+        self.pending = []
+        m0 = self.next_chunk
+        out = np.empty((self.channels, (last - m0) * HOP), np.float32)
+        with torch.no_grad():
+            self.node._render(torch.from_numpy(self.buf), self.start, m0, last, out, m0 * HOP - N_FFT // 2)
+        self.next_chunk = last
+        keep = max((last - PIECES) * HOP - N_FFT // 2, self.start)  # the next block's first frame
+        self.buf = self.buf[:, keep - self.start :]
+        self.start = keep
+        return out
+
+
+def _resample_rows(streams: list, block: np.ndarray) -> np.ndarray:
+    """Each row of ``(channels, n)`` through its own soxr stream; every stream emits the same count."""
+    rows = [s.resample_chunk(row) for s, row in zip(streams, block)]
+    return rows[0][None] if len(rows) == 1 else np.stack(rows)
 
 
 def read_stats(stats: dict) -> tuple[float, float, float, float]:
@@ -203,16 +424,19 @@ def read_stats(stats: dict) -> tuple[float, float, float, float]:
     return low, high, alpha, gamma
 
 
-def _frames(src: torch.Tensor, f0: int, f1: int, device: torch.device) -> torch.Tensor:
-    """Frames ``f0 .. f1-1`` of the centred, zero-padded signal: ``(C, f1 - f0, N_FFT)``."""
-    start = f0 * HOP - N_FFT // 2  # signal time of frame f0's first sample
-    stop = (f1 - 1) * HOP + N_FFT // 2
+def _segment(src: torch.Tensor, origin: int, f0: int, f1: int, device: torch.device) -> torch.Tensor:
+    """Samples of frames ``f0 .. f1-1`` of the centred, zero-padded signal, ``(C, (f1 - f0 + 3) * HOP)``.
+
+    ``src`` holds signal samples from signal index ``origin``; anything outside it reads as zero.
+    """
+    start = f0 * HOP - N_FFT // 2 - origin  # frame f0's first sample in src
+    stop = (f1 - 1) * HOP + N_FFT // 2 - origin
     length = src.shape[-1]
-    a, b = max(start, 0), min(stop, length)
-    seg = src[:, a:b].to(device)
-    if a - start or stop - b:
-        seg = torch.nn.functional.pad(seg, (a - start, stop - b))
-    return seg.unfold(-1, N_FFT, HOP)
+    a, b = min(max(start, 0), length), max(min(stop, length), 0)
+    seg = src[:, a : max(a, b)].to(device)
+    if a - start or stop - max(a, b):
+        seg = torch.nn.functional.pad(seg, (a - start, stop - max(a, b)))
+    return seg
 
 
 def _conv3x3(n: torch.Tensor, kernel: list, bias: float) -> torch.Tensor:
@@ -258,11 +482,3 @@ def _windows(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Te
             fix[m] = full / sq[: m + 1].sum(0).clamp_min(1e-11)
         _window_cache[key] = tuple(t.to(device, torch.float32) for t in (w, synthesis, fix))
     return _window_cache[key]
-
-
-def _rms(x: torch.Tensor) -> float:
-    """Root mean square of a 1-D float32 tensor: float32 norms of chunks, summed in float64."""
-    whole = x.shape[0] // CHUNK * CHUNK
-    total = float(torch.linalg.vector_norm(x[:whole].view(-1, CHUNK), dim=-1).double().square().sum())
-    total += float(torch.linalg.vector_norm(x[whole:]).double()) ** 2
-    return math.sqrt(total / max(x.shape[0], 1))

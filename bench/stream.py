@@ -7,13 +7,14 @@ reads that child's peak RSS from ``os.wait4``. Target for texture-subtle and gra
 
 (b) Real-time factor: for each bundled preset and buffer size (256/512/1024), processes
 ``--seconds`` of 44.1 kHz stereo audio in blocks of that size with ``reset=False``;
-RTF = processing time / audio time (< 1 keeps up). Runs are interleaved over
-``--repeats`` rounds so every cell sees the same machine load; min and median are shown,
+RTF = processing time / audio time (< 1 keeps up). Per preset, the buffer sizes are
+interleaved over ``--repeats`` rounds so they see the same machine load; min and median are shown,
 plus the worst single block's time over the block's duration (what a live callback
 must stay under).
 
     .venv/bin/python bench/stream.py                       # both parts, defaults
     .venv/bin/python bench/stream.py --part rss --preset demo --minutes 1 4
+    .venv/bin/python bench/stream.py --part rss --preset demo --minutes 1 4 --engine render_stream
     .venv/bin/python bench/stream.py --part rtf --seconds 5 --presets demo texture-subtle
 """
 
@@ -64,10 +65,30 @@ def child_peak_rss_mb(cmd: list[str], env: dict) -> tuple[float, int, float]:
     return usage.ru_maxrss / 1024, proc.returncode, time.perf_counter() - start
 
 
-def bench_rss(presets: list[str], minutes: list[float], device: str) -> None:
+def child_render(preset: str, src: str, dst: str, device: str, block: int = 8192) -> None:
+    """``render_stream`` straight from a FLAC to a FLAC in blocks (the engine, without the CLI)."""
+    import soundfile as sf
+
+    import cakfx
+    from cakfx.streaming import render_stream
+
+    chain = cakfx.load_preset(preset, device=device)
+    info = sf.info(src)
+
+    def blocks():
+        with sf.SoundFile(src) as f:
+            for part in f.blocks(blocksize=block, dtype="float32", always_2d=True):
+                yield part.T
+
+    with sf.SoundFile(dst, "w", info.samplerate, info.channels, format="FLAC", subtype="PCM_24") as out:
+        render_stream(chain, blocks, info.samplerate, lambda y: out.write(y.T), buffer_size=block)
+
+
+def bench_rss(presets: list[str], minutes: list[float], device: str, engine: str = "cli") -> None:
     cakfx_cli = shutil.which("cakfx", path=str(Path(sys.executable).parent)) or "cakfx"
     env = dict(os.environ)
-    print(f"(a) peak RSS of `cakfx process` on {RSS_SR // 1000} kHz stereo 24-bit FLAC (child process)")
+    what = "`cakfx process`" if engine == "cli" else "render_stream FLAC -> FLAC (no CLI)"
+    print(f"(a) peak RSS of {what} on {RSS_SR // 1000} kHz stereo 24-bit FLAC (child process)")
     print(f"{'preset':16} {'minutes':>8} {'file MB':>8} {'peak RSS MB':>12} {'wall s':>8}")
     with tempfile.TemporaryDirectory(prefix="cakfx-bench-stream-") as tmp:
         tmp = Path(tmp)
@@ -80,8 +101,13 @@ def bench_rss(presets: list[str], minutes: list[float], device: str) -> None:
             rows = []
             for m, path in files:
                 out = tmp / f"out-{preset}-{m:g}"
-                cmd = [cakfx_cli, "process", "-p", preset, "-o", str(out), str(path), "-q", "--overwrite"]
-                cmd += ["--device", device]
+                if engine == "cli":
+                    cmd = [cakfx_cli, "process", "-p", preset, "-o", str(out), str(path), "-q", "--overwrite"]
+                    cmd += ["--device", device]
+                else:
+                    out.mkdir(parents=True, exist_ok=True)
+                    cmd = [sys.executable, __file__, "--child-render", preset, str(path), str(out / "o.flac")]
+                    cmd += ["--device", device]
                 rss, rc, wall = child_peak_rss_mb(cmd, env)
                 rows.append(rss)
                 flag = "" if rc == 0 else "  FAILED"
@@ -112,33 +138,29 @@ def bench_rtf(presets: list[str], seconds: float, buffer_sizes: list[int], repea
             chains[name] = cakfx.load_preset(name, device=device)
         except Exception as exc:  # a preset this checkout cannot build: say so, bench the rest
             print(f"  {name}: skipped ({exc})")
-    times: dict[tuple[str, int], list[float]] = {}
-    worst: dict[tuple[str, int], float] = {}
-    for _ in range(repeats):  # interleaved: every (preset, size) once per round
-        for name, chain in chains.items():
+    print(f"(b) real-time factor, {seconds:g} s of {RTF_SR} Hz stereo, reset=False blocks, {repeats} rounds")
+    head = f"{'preset':16} {'buffer':>6} {'latency ms':>10} {'RTF min':>8} {'RTF med':>8} {'worst blk':>9}"
+    print(head + "  keeps up?", flush=True)
+    for name, chain in chains.items():
+        times: dict[int, list[float]] = {bs: [] for bs in buffer_sizes}
+        worst = dict.fromkeys(buffer_sizes, 0.0)
+        for _ in range(repeats):  # interleaved: every buffer size once per round
             for bs in buffer_sizes:
                 chain.reset()
-                block_worst = 0.0
                 start = time.perf_counter()
                 for i in range(0, audio.shape[1], bs):
                     t0 = time.perf_counter()
                     chain(audio[:, i : i + bs], RTF_SR, buffer_size=bs, reset=False)
-                    block_worst = max(block_worst, time.perf_counter() - t0)
-                times.setdefault((name, bs), []).append((time.perf_counter() - start) / seconds)
-                worst[(name, bs)] = max(worst.get((name, bs), 0.0), block_worst / (bs / RTF_SR))
-    print(f"(b) real-time factor, {seconds:g} s of {RTF_SR} Hz stereo, reset=False blocks, {repeats} rounds")
-    head = f"{'preset':16} {'buffer':>6} {'latency ms':>10} {'RTF min':>8} {'RTF med':>8} {'worst blk':>9}"
-    print(head + "  keeps up?")
-    for name, chain in chains.items():
+                    worst[bs] = max(worst[bs], (time.perf_counter() - t0) / (bs / RTF_SR))
+                times[bs].append((time.perf_counter() - start) / seconds)
         for bs in buffer_sizes:
-            rtf = times[(name, bs)]
             lat_ms = 1000 * chain.latency_samples(RTF_SR, bs) / RTF_SR
-            med = statistics.median(rtf)
-            verdict = "yes" if med < 0.5 and worst[(name, bs)] < 1 else ("barely" if med < 1 else "NO")
-            cells = f"{name:16} {bs:6d} {lat_ms:10.1f} {min(rtf):8.3f} {med:8.3f} {worst[(name, bs)]:9.2f}"
+            med = statistics.median(times[bs])
+            verdict = "yes" if med < 0.5 else ("barely" if med < 1 else "NO")
+            cells = f"{name:16} {bs:6d} {lat_ms:10.1f} {min(times[bs]):8.3f} {med:8.3f} {worst[bs]:9.2f}"
             print(f"{cells}  {verdict}", flush=True)
-    print("keeps up: yes = median RTF < 0.5 and no block took longer than its own duration;")
-    print("barely = median RTF < 1 (offline real time, not safe for a live callback on this machine)")
+    print("keeps up: yes = median RTF < 0.5 (room for a live callback), barely = median RTF < 1;")
+    print("worst blk = slowest block's time / its duration (> 1: a live callback would have dropped out)")
 
 
 def main() -> None:
@@ -154,10 +176,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores on the shared box)")
+    parser.add_argument(
+        "--engine", choices=["cli", "render_stream"], default="cli", help="what the RSS child runs"
+    )
+    parser.add_argument("--child-render", nargs=3, metavar=("PRESET", "IN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_render:
+        child_render(*args.child_render, device=args.device)
+        return
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     if args.part in ("rss", "both"):
-        bench_rss(args.preset or ["texture-subtle", "grain-smooth"], args.minutes, args.device)
+        bench_rss(args.preset or ["texture-subtle", "grain-smooth"], args.minutes, args.device, args.engine)
     if args.part in ("rtf", "both"):
         try:
             import torch

@@ -13,7 +13,7 @@ from cakfx.node import EffectNode
 # Native classes whose ``reset=False`` output lags their input (pedalboard 0.9 returns
 # fewer samples than it was given until its internal buffers fill). Every other built-in
 # effect streams sample for sample; external plugins (VST3/AU) may report latency too.
-LATENT_NATIVE = ("Resample", "MP3Compressor", "GSMFullRateCompressor", "PitchShift")
+LATENT_NATIVE = ("BrickwallLimiter", "Resample", "MP3Compressor", "GSMFullRateCompressor", "PitchShift")
 # Native classes whose streamed output differs from their own offline output in pedalboard
 # itself (measured on 0.9.26), so no chunking of a chain holding them equals one call.
 NOT_STREAM_EQUAL = ("GSMFullRateCompressor", "PitchShift")
@@ -151,8 +151,8 @@ class Chain(EffectNode):
     to every stage. Offline (``reset=True``) the output is aligned with the input.
     Streaming (``reset=False``) every stage keeps the node contract, so the chain
     output is the offline output delayed by ``latency_samples(sr)``, the sum of
-    its stages' latencies. pedalboard's latent effects (``Resample``,
-    ``MP3Compressor``, ...) return short blocks while streaming; the chain pads
+    its stages' latencies. pedalboard's latent effects (``BrickwallLimiter``,
+    ``Resample``, ``MP3Compressor``, ...) return short blocks while streaming; the chain pads
     them to full blocks and reports their delay, measured once per setting on a
     fresh copy fed silence. pedalboard's own ``PitchShift`` and
     ``GSMFullRateCompressor`` stream differently from their offline output, so a

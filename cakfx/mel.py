@@ -11,6 +11,7 @@ Every function takes a torch tensor or a numpy array and returns a torch tensor.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -162,18 +163,86 @@ def overlap_add(spec: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> tuple
     """Windowed inverse FFTs of a block of frames, overlap-added: ``(signal, summed squared window)``.
 
     ``signal`` spans ``(frames - 1) * hop + n_fft`` samples from the block's
-    first frame, not yet divided by the window sum.
+    first frame, not yet divided by the window sum. The overlap-add is
+    ``n_fft // hop`` shifted sums of hop-long pieces (``F.fold`` took 41 % of
+    the grain effect's time doing the same).
     """
-    frames = spec.shape[-1]
-    length = (frames - 1) * hop + n_fft
+    if n_fft % hop:
+        raise ValueError(f"overlap_add needs n_fft ({n_fft}) to be a multiple of hop ({hop})")
+    frames, overlap = spec.shape[-1], n_fft // hop
+    lead = spec.shape[:-2]
     window = hann(n_fft, spec.device, spec.real.dtype)
-    chunks = torch.fft.irfft(spec, n=n_fft, dim=-2) * window[:, None]
-    def fold(columns):
-        return torch.nn.functional.fold(columns, (1, length), (1, n_fft), stride=(1, hop))
+    chunks = torch.fft.irfft(spec.transpose(-1, -2), n=n_fft, dim=-1) * window  # (..., frames, n_fft)
+    pieces = chunks.reshape(*lead, frames, overlap, hop)
+    signal = chunks.new_zeros(*lead, frames + overlap - 1, hop)
+    squares = window.square().reshape(overlap, hop)
+    norm = chunks.new_zeros(frames + overlap - 1, hop)
+    for i in range(overlap):
+        signal[..., i : i + frames, :] += pieces[..., i, :]
+        norm[i : i + frames] += squares[i]
+    return signal.reshape(*lead, -1), norm.reshape(-1)
 
-    signal = fold(chunks.reshape(-1, n_fft, frames))
-    norm = fold(window.square()[:, None].expand(-1, frames)[None])
-    return signal.reshape(*spec.shape[:-2], length), norm.reshape(length)
+
+class BandedFilterbank:
+    """A mel filterbank ``fb`` (``(n_mels, bins)``) kept as its two non-zero weights per bin.
+
+    Triangular filters overlap pairwise, so every bin has at most two non-zero
+    weights, in neighbouring bands; ``mel`` and ``spread`` then cost two
+    multiply-adds per bin instead of a dense ``n_mels x bins`` matmul.
+
+    ``mel(power)`` is ``fb @ power``; ``spread(per_band)`` is ``S @ per_band``
+    with ``S = (fb / fb.sum(0)).T``, each bin's weights normalised to sum to one
+    (bins in no band get zero).
+    """
+
+    def __init__(self, fb: torch.Tensor) -> None:
+        nonzero = fb != 0
+        if int(nonzero.sum(0).max()) > 2:
+            raise ValueError("BandedFilterbank needs at most two non-zero weights per bin")
+        self.n_mels = fb.shape[0]
+        low = nonzero.to(torch.uint8).argmax(0)  # the first band with a weight (0 for none)
+        high = (low + 1).clamp(max=self.n_mels - 1)
+        w_low = fb.gather(0, low[None])[0]
+        w_high = torch.where(high > low, fb.gather(0, high[None])[0], torch.zeros_like(w_low))
+        rebuilt = torch.zeros_like(fb)
+        rebuilt.scatter_add_(0, low[None], w_low[None])
+        rebuilt.scatter_add_(0, high[None], w_high[None])
+        if not torch.equal(rebuilt, fb):
+            raise ValueError("BandedFilterbank needs each bin's weights in neighbouring bands")
+        self._dense = fb
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is all we use
+            warnings.simplefilter("ignore", UserWarning)
+            self.csr = fb.to_sparse_csr()
+        total = (w_low + w_high).clamp_min(1e-12)
+        self.low, self.high = low, high
+        self.w_low, self.w_high = w_low[:, None], w_high[:, None]
+        self.s_low, self.s_high = (w_low / total)[:, None], (w_high / total)[:, None]
+
+    def mel(self, power: torch.Tensor) -> torch.Tensor:
+        """``fb @ power``: ``(..., bins, frames)`` -> ``(..., n_mels, frames)`` (a sparse matmul:
+        ~10x faster than two ``index_add_`` and ~30x faster than the dense one, on one thread)."""
+        if power.dtype != self.csr.dtype or power.device != self.csr.device:
+            return self._dense.to(power) @ power
+        lead, frames = power.shape[:-2], power.shape[-1]
+        flat = power.movedim(-2, 0).reshape(power.shape[-2], -1)
+        return (self.csr @ flat).reshape(self.n_mels, *lead, frames).movedim(0, -2)
+
+    def spread(self, per_band: torch.Tensor) -> torch.Tensor:
+        """Each bin's weighted mean of its bands' values: ``(..., n_mels, F)`` -> ``(..., bins, F)``."""
+        low = per_band.index_select(-2, self.low) * self.s_low
+        return low.add_(per_band.index_select(-2, self.high) * self.s_high)
+
+
+_banded: dict = {}
+
+
+def banded_filterbank(sr: float, n_fft: int = N_FFT, n_mels: int = N_MELS, dtype: torch.dtype = torch.float32,
+                      device=None) -> BandedFilterbank:
+    """``BandedFilterbank(mel_filterbank(...))``, cached."""
+    key = (float(sr), n_fft, n_mels, dtype, str(device))
+    if key not in _banded:
+        _banded[key] = BandedFilterbank(mel_filterbank(sr, n_fft, n_mels, dtype=dtype, device=device))
+    return _banded[key]
 
 
 class OverlapAdd:

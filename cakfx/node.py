@@ -178,7 +178,10 @@ class EffectNode:
         return int(self.latency_samples(self._last_sample_rate))
 
     def reset(self) -> None:
-        """Clear streaming state (a fixed level measurement is kept); stateless nodes need nothing."""
+        """Clear streaming state; a fixed level measurement, or one under way, is kept.
+
+        Stateless nodes need nothing.
+        """
 
     @property
     def needs_measure(self) -> bool:

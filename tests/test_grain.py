@@ -99,13 +99,19 @@ def test_weights_of_another_kind_are_refused(tmp_path):
 
 def test_registration_and_parameter_checks(random_weights):
     spec = get_effect("cak.grain")
-    assert {p.name for p in spec.params} == {"grain", "weights", "reconstruction", "rms_match"}
+    assert {p.name for p in spec.params} == {"grain", "weights", "reconstruction", "level", "ceiling_db"}
+    assert spec.param_map["level"].default == "match" and spec.param_map["ceiling_db"].default == -1.0
+    assert "latency" in spec.description and "not for live use" in spec.description
     assert "bypass" in spec.description and "smooth" in spec.description and spec.summary
     assert spec.param_map["weights"].default == "cak-grain-default"
     with pytest.raises(CakfxError, match="above the maximum"):
         grain(random_weights, grain=3.5)
     with pytest.raises(CakfxError, match="reconstruction"):
         grain(random_weights, reconstruction="vocoder")
+    with pytest.raises(CakfxError, match="level"):
+        grain(random_weights, level="loud")
+    node = grain(random_weights, grain=0.5, level="original", ceiling_db=-3)
+    assert repr(node) == "<cakfx cak.grain grain=0.5 reconstruction=phase level=original ceiling_db=-3>"
     with pytest.raises(CakfxError, match="unknown weights 'nope'"):
         grain("nope")
 
@@ -131,7 +137,7 @@ def test_zero_grain_is_a_bit_exact_bypass(random_weights, dtype):
 
 
 def test_layouts_dtypes_and_independent_channels(random_weights):
-    node = grain(random_weights, grain=-1.0, rms_match=False)
+    node = grain(random_weights, grain=-1.0, level="off")
     x = drums(0.8, SR, channels=2)
     first = node(x, SR)
     assert first.shape == x.shape and first.dtype == np.float32 and np.isfinite(first).all()
@@ -151,7 +157,7 @@ def test_any_sample_rate(random_weights, sr):
     out = node(x, sr)
     assert out.shape == x.shape and np.isfinite(out).all()
     rms_in, rms_out = np.sqrt(np.mean(x**2)), np.sqrt(np.mean(out**2))
-    assert rms_out == pytest.approx(rms_in, rel=1e-3)  # rms_match, no peak over 0.95 here
+    assert rms_out == pytest.approx(rms_in, rel=0.1)  # loudness matched: RMS close on a steady tone
     assert not np.allclose(out, x, atol=1e-3)
 
 
@@ -174,15 +180,17 @@ def test_extreme_grain_stays_finite_and_at_the_input_level(random_weights):
     x = drums(1.0, SR)
     for g in (-3.0, 3.0):
         out = grain(random_weights, grain=g)(x, SR)
-        assert np.isfinite(out).all() and np.abs(out).max() <= 0.95 + 1e-6
+        assert np.isfinite(out).all() and np.abs(out).max() <= 10 ** (-1 / 20) + 1e-3  # the -1 dB ceiling
         assert np.sqrt(np.mean(out**2)) > 0.1 * np.sqrt(np.mean(x**2))
+        original = grain(random_weights, grain=g, level="original")(x, SR)
+        assert np.abs(original).max() <= 0.95 + 1e-6  # the original's peak scaling
 
 
-def test_blocks_and_batches_do_not_change_the_result(random_weights, monkeypatch):
+def test_rounds_and_batches_do_not_change_the_result(random_weights, monkeypatch):
     x = drums(3.5, SR, channels=2)  # 302 frames: two windows per channel
     node = grain(random_weights, grain=1.2)
     whole = node(x, SR)
-    monkeypatch.setattr(grain_node, "BLOCK_FRAMES", 37)
+    monkeypatch.setattr(grain_node, "SEGMENTS_PER_ROUND", 1)
     monkeypatch.setattr(grain_node, "WINDOW_BATCH", 1)
     np.testing.assert_allclose(node(x, SR), whole, atol=1e-5)
 
@@ -193,17 +201,13 @@ def test_long_stereo_file_in_several_blocks(random_weights, monkeypatch):
     node = grain(random_weights, grain=-1.0)
     out = node(x, 48000)
     assert out.shape == x.shape and np.isfinite(out).all()
-    monkeypatch.setattr(grain_node, "BLOCK_FRAMES", 700)
+    monkeypatch.setattr(grain_node, "SEGMENTS_PER_ROUND", 3)
     np.testing.assert_allclose(node(x, 48000), out, atol=1e-5)
 
 
 def test_window_layout():
     assert grain_node.WINDOW_FRAMES == 259  # 3 s of centred frames, as the original's chunks
-    assert grain_node.window_starts(100) == [0]
-    assert grain_node.window_starts(259) == [0]
-    assert grain_node.window_starts(262) == [0, 3]
-    starts = grain_node.window_starts(1000)
-    assert starts[:3] == [0, 216, 432] and starts[-1] == 1000 - 259
+    assert grain_node.WINDOW_HOP == 216  # 0.5 s crossfades
     w0 = grain_node.crossfade_weights(259, False, True, 43)
     w1 = grain_node.crossfade_weights(259, True, True, 43)
     torch.testing.assert_close(w0[216:] + w1[:43], torch.ones(43, dtype=torch.float64))
@@ -214,7 +218,7 @@ def test_griffinlim_is_seeded_and_peak_limited(random_weights):
     node = grain(random_weights, grain=1.0, reconstruction="griffinlim")
     first, second = node(x, SR), node(x, SR)
     assert np.array_equal(first, second)
-    assert np.abs(first).max() <= 0.95 + 1e-6
+    assert np.abs(first).max() <= 10 ** (-1 / 20) + 1e-3
 
 
 def test_phase_keeps_the_input_when_the_model_asks_for_no_change():
@@ -223,7 +227,7 @@ def test_phase_keeps_the_input_when_the_model_asks_for_no_change():
             return x
 
     x = drums(1.5, SR, channels=2)
-    out = GrainNode(Identity(), grain=1.0, rms_match=False, device="cpu")(x, SR)
+    out = GrainNode(Identity(), grain=1.0, level="off", device="cpu")(x, SR)
     # only bins below the model's -80 dB floor move (up to the floor the model saw): -60 dB or less
     error_db = 20 * np.log10(np.sqrt(np.mean((out - x) ** 2)) / np.sqrt(np.mean(x**2)))
     assert error_db < -50
@@ -250,18 +254,27 @@ def test_phase_output_follows_the_models_ask(ref_weights, reference, monkeypatch
     with torch.inference_mode():
         asked = mel.denormalise_window(model(norm[None, None], torch.tensor([1.5]))[0, 0], low, high)
 
+    # re-baselined (issue 9): bins the input has more than 60 dB below its peak keep the input (the
+    # model saw its -80 dB floor there; following the ask lifted them ~34 dB into noise), so the
+    # error is taken over the bins the input has, where the node does follow the ask
+    heard = db > -60
+
     def error(audio):
         got = mel.power_to_db(mel.mel_power(np.asarray(audio, np.float32), SR), ref=1.0, top_db=None)
-        diff = (got[:, :256] - asked)[asked >= asked.max() - 60]
+        diff = (got[:, :256] - asked)[(asked >= asked.max() - 60) & heard]
         return float((diff - diff.mean()).abs().mean())
 
-    node = grain(ref_weights, grain=1.5)
-    ours = node(io["input_chunk"], SR)
+    # the whole excerpt, as the original pipeline's output was made (a 3 s input alone would end in
+    # a window of silence crossfading over its last 0.5 s: the grid is fixed so streams equal one-shot)
+    excerpt, _ = sf.read(reference / "audio" / "lux_excerpt_6s_mono.wav", dtype="float32")
+    np.testing.assert_array_equal(excerpt[: io["input_chunk"].size], io["input_chunk"])
+    node = grain(ref_weights, grain=1.5, level="original")  # the original's level stage: no limiter
+    ours = node(excerpt, SR)
     original, _ = sf.read(reference / "grain" / "original_output_grain_+1.5_griffinlim_seed0.wav")
-    assert error(io["input_chunk"]) > 10  # the model asks for a big change ...
-    assert error(ours) < error(original) < 1.3  # ... which we follow at least as closely as the original
+    assert error(io["input_chunk"]) > 8  # the model asks for a big change ...
+    assert error(ours) < error(original) < 1.5  # ... which we follow at least as closely as the original
     monkeypatch.setattr(grain_node, "CORRECT", False)
-    assert error(ours) + 0.1 < error(node(io["input_chunk"], SR))  # the correction pass earns its keep
+    assert error(ours) + 0.1 < error(node(excerpt, SR))  # the correction pass earns its keep
 
 
 def test_positive_grain_raises_flatness(ref_weights, reference):
@@ -307,3 +320,161 @@ def test_cli_import_then_process_with_set(reference, tmp_path):
     assert sr == 48000 and y.shape == x.T.shape
     expected = grain("my-grain", grain=-1.5)(x, 48000)
     np.testing.assert_allclose(y.T, expected, atol=1e-5)
+
+
+# ---- no damage: clicks, empty bands, the mask's range ------------------------------------------
+
+
+def spectrogram_db(y: np.ndarray, floor_db: float = -80.0) -> np.ndarray:
+    """Power spectrogram (channels summed) in dB re its peak, floored ``floor_db`` below it."""
+    power = mel.power_spectrogram(np.atleast_2d(y).astype(np.float64)).sum(0).numpy()
+    db = 10 * np.log10(power / power.max() + 1e-30)
+    return np.maximum(db, floor_db)
+
+
+def click_figure(y: np.ndarray) -> float:
+    """Largest frame-to-frame broadband rise: the mean over bins of each frame's dB rise, at its worst."""
+    return float(np.maximum(np.diff(spectrogram_db(y), axis=1), 0.0).mean(axis=0).max())
+
+
+def test_a_slow_pad_gets_no_click_and_keeps_its_level():
+    from cakfx.demo import chord_pad
+
+    x = chord_pad()  # 0.5 s attack and release: corners at 0.5 s and 3.5 s used to click
+    out = grain("cak-grain-default", grain=1.5)(x, SR)
+    assert np.isfinite(out).all()
+    assert click_figure(out) < click_figure(x) + 3.0, (click_figure(x), click_figure(out))  # was +19 dB
+    rms = [20 * np.log10(np.sqrt(np.mean(a**2))) for a in (x, out)]
+    assert abs(rms[1] - rms[0]) < 1.0, rms  # was 21 dB quieter (one click pulled the file down)
+
+
+def test_empty_bands_are_not_lifted():
+    from scipy.signal import butter, sosfilt
+
+    rng = np.random.default_rng(3)
+    # band-limited noise (speech-like: nothing above 3 kHz) over a quiet sub-bass-free floor
+    x = sosfilt(butter(12, [300, 3000], btype="band", fs=SR, output="sos"), rng.standard_normal(3 * SR))
+    x = (0.3 * x / np.abs(x).max()).astype(np.float32)
+    out = grain("cak-grain-default", grain=1.5)(x, SR)
+    freqs = np.linspace(0, SR / 2, 1025)
+    for lo, hi in ((6000, 20000), (0, 60)):
+        band = (freqs >= lo) & (freqs < hi)
+        before = spectrogram_db(x, -120)[band].mean()
+        after = spectrogram_db(out, -120)[band].mean()
+        assert after < max(before, -100.0) + 6.0, (lo, hi, before, after)  # was lifted by 45 and 80 dB
+
+
+def test_the_masks_gain_range_is_bounded():
+    power = torch.rand(1025, 6, dtype=torch.float64) + 1e-3
+    fb = mel.mel_filterbank(SR, dtype=torch.float64)
+    produced = fb @ power
+    for factor, bound in ((1e9, grain_node.MAX_BOOST_DB), (1e-9, -grain_node.MAX_CUT_DB)):
+        gain = grain_node.refine_mask(power, produced * factor, mel.BandedFilterbank(fb))
+        worst = 20 * torch.log10(gain).abs().max()
+        assert worst == pytest.approx(abs(bound), abs=1e-6)
+
+
+def test_bands_under_the_models_floor_keep_the_input():
+    db = torch.tensor([-80.0, -70.0, -60.0, -10.0])
+    torch.testing.assert_close(grain_node.floor_weight(db), torch.tensor([0.0, 0.5, 1.0, 1.0]))
+
+
+# ---- streaming (reset=False) ---------------------------------------------------------------------
+
+
+def stream(node, x: np.ndarray, sr: int, sizes) -> np.ndarray:
+    """``x`` then the node's latency of silence, in blocks of ``sizes`` (cycled), with reset=False."""
+    latency = node.latency_samples(sr)
+    padded = np.concatenate([x, np.zeros((x.shape[0], latency), x.dtype)], axis=1)
+    node.reset()
+    out, start, i = [], 0, 0
+    while start < padded.shape[1]:
+        size = sizes[i % len(sizes)]
+        out.append(node(padded[:, start : start + size], sr, reset=False))
+        start, i = start + size, i + 1
+    return np.concatenate(out, axis=1)[:, latency : latency + x.shape[1]]
+
+
+def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    noise = np.sum((reference - other) ** 2)
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference**2) / noise))
+
+
+# one sample at a time over the stream's start, then bigger blocks (a stereo stream's first block is
+# 3 samples: a lone (2, 1) block reads as channels-last, as in pedalboard; the node then knows its format)
+ONES = [3] + [1] * 3000 + [4096]
+RANDOM = [int(n) for n in np.random.default_rng(5).integers(1, 20000, 40)]
+CHUNKINGS = {"ones": ONES, "511": [511], "8192": [8192], "65536": [65536], "random": RANDOM}
+
+
+@pytest.mark.parametrize("sr,channels,chunkings", [
+    (44100, 1, ("ones", "65536")), (44100, 2, ("511", "random")),
+    (48000, 1, ("8192", "random")), (48000, 2, ("ones", "511")),
+])
+def test_streaming_equals_one_shot_delayed(random_weights, sr, channels, chunkings):
+    node = grain(random_weights, grain=1.5, level="off")
+    x = drums(1.2, sr, channels=channels)
+    one_shot = node(x, sr)
+    for name in chunkings:
+        assert snr_db(one_shot, stream(node, x, sr, CHUNKINGS[name])) >= 40.0, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sr", [44100, 48000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_streaming_equals_one_shot_on_every_chunking(random_weights, sr, channels):
+    node = grain(random_weights, grain=-1.0, level="off")
+    x = drums(2.0, sr, channels=channels)
+    one_shot = node(x, sr)
+    for name, sizes in CHUNKINGS.items():
+        assert snr_db(one_shot, stream(node, x, sr, sizes)) >= 40.0, name
+
+
+def test_latency_is_explicit_and_matches_the_delay(random_weights):
+    node = grain(random_weights, grain=1.5, level="off")
+    latency = node.latency_samples(SR)
+    assert 3 * SR + 0.5 * SR <= latency <= 4.5 * SR  # a whole window, its crossfade and a segment
+    assert grain(random_weights, grain=0.0).latency_samples(SR) == 0
+    assert node.reported_latency_samples == 0  # nothing processed yet
+    x = drums(0.6, SR)
+    node(x, SR)
+    assert node.reported_latency_samples == latency
+    # the measured delay: a streamed burst comes out ``latency`` samples late
+    padded = np.concatenate([x, np.zeros((1, latency + SR // 2), np.float32)], axis=1)
+    node.reset()
+    streamed = np.concatenate([node(padded[:, a : a + 8192], SR, reset=False)
+                               for a in range(0, padded.shape[1], 8192)], axis=1)
+    corr = np.correlate(streamed[0], node(x, SR)[0], mode="valid")
+    assert int(np.argmax(np.abs(corr))) == latency
+    assert np.abs(streamed[0, :latency]).max() == 0.0  # priming: silence
+
+
+def test_griffinlim_refuses_to_stream(random_weights):
+    with pytest.raises(CakfxError, match="does not stream"):
+        grain(random_weights, reconstruction="griffinlim")(drums(0.2, SR), SR, reset=False)
+
+
+def test_a_96k_tone_above_the_models_band_passes_unchanged(random_weights):
+    sr = 96000
+    t = np.arange(sr) / sr
+    x = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 30000 * t)).astype(np.float32)
+    out = grain(random_weights, grain=1.5, level="off")(x, sr)
+
+    def tone_db(y):
+        spectrum = np.abs(np.fft.rfft(y[sr // 4 : 3 * sr // 4] * np.hanning(sr // 2)))
+        freqs = np.fft.rfftfreq(sr // 2, 1 / sr)
+        return 20 * np.log10(spectrum[np.abs(freqs - 30000) < 50].max())
+
+    assert abs(tone_db(out) - tone_db(x)) < 1.0
+
+
+@pytest.mark.parametrize("level", ["match", "original"])
+def test_a_measured_stream_equals_one_shot_with_the_level_stage_on(random_weights, level):
+    node = grain(random_weights, grain=1.5, level=level)
+    assert node.needs_measure
+    x = drums(1.5, SR, channels=2)
+    one_shot = node(x, SR)
+    node.begin_measure()  # what cakfx.streaming.render_stream does: a measuring pass, then the render
+    stream(node, x, SR, [8192])
+    node.end_measure()
+    assert snr_db(one_shot, stream(node, x, SR, [8192])) >= 60.0

@@ -214,6 +214,7 @@ def test_chain_latency_is_the_measured_delay():
     for items in (
         [Lookahead(ms=5.0)],
         [pedalboard.MP3Compressor(vbr_quality=2)],
+        [pedalboard.BrickwallLimiter(ceiling_db=-12, lookahead_ms=5)],
         [pedalboard.Resample(target_sample_rate=22050), Lookahead(ms=2.0), pedalboard.Reverb()],
     ):
         chain = cakfx.Chain(items)

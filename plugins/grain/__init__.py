@@ -19,7 +19,10 @@ PARAMS = [
     Param("weights", "weights", DEFAULT_WEIGHTS, "grain model weights (a name or a .safetensors path)"),
     Param("reconstruction", "choice", "phase", "'phase': gain mask on the original STFT (fast, keeps "
           "the phase); 'griffinlim': the original's Griffin-Lim (slow)", choices=("phase", "griffinlim")),
-    Param("rms_match", "bool", True, "match the output's RMS to the input's (then keep peaks <= 0.95)"),
+    Param("level", "choice", "match", "output level: 'match' the input's integrated loudness (a limiter "
+          "only where peaks would pass ceiling_db), 'original' (the original's RMS match and peak scaling "
+          "to 0.95), 'off'", choices=("match", "original", "off")),
+    Param("ceiling_db", "float", -1.0, "true-peak ceiling of level='match' (dBTP)", min=-24.0, max=0.0),
 ]
 
 SUMMARY = "Neural grain processor: smooths (grain > 0) or roughens (grain < 0) the spectral texture"
@@ -28,7 +31,9 @@ DESCRIPTION = (
     "Negative grain adds texture and complexity, positive grain smooths; 0 is a true bypass. The "
     "model's change to the mel spectrogram is applied as a refined per-band gain on the original STFT "
     "with its phase kept (reconstruction='phase'); 'griffinlim' rebuilds the audio as the original "
-    "research code did. Every channel is processed; any sample rate (the model runs at 44.1 kHz)."
+    "research code did. Every channel is processed; any sample rate (the model runs at 44.1 kHz; above "
+    "it the band the model cannot see passes through unchanged). Streams (reset=False) with a latency "
+    "of about 3.9 s (its 3 s analysis windows): not for live use."
 )
 
 
@@ -75,7 +80,7 @@ def import_checkpoint(checkpoint_path: Path, stats_path: Path | None = None):
 
 
 def make_grain(grain: float = 1.0, weights: str = DEFAULT_WEIGHTS, reconstruction: str = "phase",
-               rms_match: bool = True, device=None):
+               level: str = "match", ceiling_db: float = -1.0, device=None):
     """Factory for ``cak.grain``: loads ``weights`` and builds a ``GrainNode``."""
     from cakfx.device import resolve_device
     from cakfx.plugins.grain.node import GrainNode
@@ -90,7 +95,8 @@ def make_grain(grain: float = 1.0, weights: str = DEFAULT_WEIGHTS, reconstructio
         hint = f"import the published model: cakfx weights import final_true_cak.pt --kind grain -n {weights}"
         raise CakfxError(f"{exc}; {hint}") from None
     model = load_model(load_weights(path, expect_kind=NAME), device)
-    return GrainNode(model, grain=grain, reconstruction=reconstruction, rms_match=rms_match, device=device)
+    return GrainNode(model, grain=grain, reconstruction=reconstruction, level=level, ceiling_db=ceiling_db,
+                     device=device)
 
 
 @hookimpl

@@ -28,7 +28,7 @@ class PatternDetector(nn.Module):
         self.conv2 = nn.Conv2d(8, 16, 5, padding=2)
         self.conv3 = nn.Conv2d(16, 8, 3, padding=1)
         self.conv4 = nn.Conv2d(8, 1, 1)
-        self.act = nn.LeakyReLU(0.2)
+        self.act = nn.LeakyReLU(0.2, inplace=True)  # on fresh conv outputs: saves a copy per layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.conv1(x))

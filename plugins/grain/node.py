@@ -1,77 +1,82 @@
 """``cak.grain``: the grain processor as an effect node, with phase-preserving reconstruction.
 
 Signal path, for every channel at 44.1 kHz (other rates are resampled there
-and back to the exact input length):
+and back; above 44.1 kHz the band the model cannot see passes through
+unchanged, ``cakfx.dsp.resample.band_split``):
 
-1. One centred STFT frame grid over the whole signal (n_fft 2048, hop 512),
-   mel power through the Slaney filterbank (``cakfx.mel``).
+1. One centred STFT frame grid (n_fft 2048, hop 512) from the signal's first
+   sample, the signal taken as followed by silence; mel power through the
+   Slaney filterbank (``cakfx.mel``), two weights per bin (``BandedFilterbank``).
 2. Analysis windows of 3 s as the original's chunks: 259 frames (a centred
-   STFT of 3 s has 1 + 132300 // 512 frames), every 216 frames (2.5 s); the
-   last window ends on the last frame. The original cropped each chunk's 259
-   frames to the 256 the model was trained on and lost the rest; the model is
-   convolutional, so we give it all 259 and drop nothing (its output on the
-   first 256 is the same up to the last few frames' context). Per window:
+   STFT of 3 s has 1 + 132300 // 512 frames), one every 216 frames (2.5 s),
+   from frame 0, until the signal is covered (the last one reaches into the
+   silence after it, which is what a stream sees there too). The original
+   cropped each chunk's 259 frames to the 256 the model was trained on and
+   lost the rest; the model is convolutional, so it gets all 259. Per window:
    ``power_to_db`` (ref = the window's max, top_db 80), min-max to [-1, 1],
    the model, and back to dB with the same window's min/max: the mel power
-   the model asks for.
+   the model asks for. Bands the input has more than 60 dB below the window's
+   peak keep the input (``floor_weight``): the model sees everything under
+   -80 dB as one floor value, and following its ask there lifted empty regions
+   20-80 dB into hiss and made an envelope's corner click.
 3. Windows overlap by 43 frames (0.5 s, the original's crossfade) and their
    asks crossfade there (raised-cosine weights, in dB), so there are no level
    steps at window borders.
 4. ``"phase"`` (default): the per-band ratio target / input becomes a gain on
    the linear STFT bins (each bin takes its filters' log ratios, weighted by
-   the normalised filterbank), refined ``REFINE_STEPS`` times against the mel power
-   the masked spectrum really has (multiplicative update, no inverse STFT in
-   the loop); then, once, the masked STFT is inverted, analysed again, and the
-   gain moved by the remaining log ratio (a masked STFT is not the STFT of any
-   signal, so its inverse comes out smoother than the mask: on the reference
-   excerpt this takes the mel error from 1.09 dB to 0.89 dB). The gain is
-   applied to the complex STFT with the original phase, inverse STFT.
-   ``"griffinlim"``: as the original did it (``plugins/grain/griffinlim.py``).
+   the normalised filterbank), refined ``REFINE_STEPS`` times against the mel
+   power the masked spectrum really has (multiplicative update, no inverse
+   STFT in the loop); then, once, the masked STFT is inverted, analysed again,
+   and the gain moved by the remaining log ratio (a masked STFT is not the
+   STFT of any signal, so its inverse comes out smoother than the mask). The
+   gain is applied to the complex STFT with the original phase, inverse STFT.
    Each window's ask is first shifted to the input window's total mel power:
    the model shapes the spectrum, its raw level is meaningless (at grain -3
-   its peaks sit ~900 dB above the window max).
-5. ``rms_match``: one gain over all channels restores the input's RMS, then,
-   as the original, the whole output is scaled down if a peak exceeds 0.95.
+   its peaks sit ~900 dB above the window max). A bin's gain stays within
+   ``-MAX_CUT_DB ... +MAX_BOOST_DB``.
+   ``"griffinlim"``: as the original did it (``plugins/grain/griffinlim.py``).
+5. The level stage (``cakfx.dsp.level.LevelStage``, parameters ``level`` and
+   ``ceiling_db``): ``"match"`` matches the integrated loudness, ``"original"``
+   the original's RMS match and peak scaling to 0.95, ``"off"`` nothing.
 
-Work is done in blocks of windows and blocks of frames, so memory stays
-bounded on long files. ``grain = 0`` returns the input unchanged.
+The reconstruction runs in segments of ``SEGMENT`` frames on a grid fixed at
+the signal's start (``GrainEngine``), on the CPU several at once on Python
+threads (``cakfx.dsp.threads.parallel_map``). Offline and streamed calls run
+the same segments, so a stream (``reset=False``) equals the offline output
+delayed by ``latency_samples``: about 3.9 s at 44.1 kHz (a segment, one whole
+analysis window and the STFT's overlap), which makes the effect unfit for live
+use. ``grain = 0`` returns the input unchanged.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 import torch
 
 from cakfx import mel
 from cakfx.device import resolve_device
-from cakfx.dsp.resample import resample
+from cakfx.dsp.level import LevelStage
+from cakfx.dsp.resample import HighBand, StreamResampler, band_split, resample
+from cakfx.dsp.threads import parallel_map
+from cakfx.errors import CakfxError
 from cakfx.node import EffectNode
 from cakfx.spectral import HOP, MODEL_SR, N_FFT
 
 WINDOW_FRAMES = 1 + 3 * MODEL_SR // HOP  # 259 frames: 3 s, the original's chunk
 WINDOW_HOP = 216  # 2.5 s -> 43 frames (0.5 s) of crossfade between neighbouring windows
-WINDOW_BATCH = 16  # windows per model call
-BLOCK_FRAMES = 2048  # STFT frames per reconstruction block (~24 s)
+WINDOW_BATCH = 16  # windows per model call, at most
+SEGMENT = 72  # frames per reconstruction segment (0.84 s): the unit of parallel work and of streaming
+SEGMENTS_PER_ROUND = 32  # segments worked on at once offline (bounds memory on long files)
+MARGIN = N_FFT // HOP - 1  # frames overlapping a frame on each side
 REFINE_STEPS = 3
 CORRECT = True  # one pass against the real output's mel power (one more inverse + forward STFT)
 CORRECTION_LIMIT_DB = 10.0  # per band: a band the mask cannot reach must not drag its bins' neighbours
-MAX_GAIN_DB = 120.0  # a bin is raised at most this much (keeps float32 finite; silence stays silent)
-RMS_LIMITS = (0.01, 100.0)
-PEAK = 0.95  # after the RMS match, as the original: peaks above this scale the whole output down
-
-
-def window_starts(frames: int, width: int | None = None, hop: int | None = None) -> list[int]:
-    """Start frames of the analysis windows: every ``hop``, the last one ending on the last frame."""
-    width = WINDOW_FRAMES if width is None else width
-    hop = WINDOW_HOP if hop is None else hop
-    if frames <= width:
-        return [0]
-    starts = list(range(0, frames - width, hop))
-    if starts[-1] != frames - width:
-        starts.append(frames - width)
-    return starts
+MAX_BOOST_DB = 36.0  # a bin is raised at most this much (the model's largest asks within its range, +34 dB)
+MAX_CUT_DB = 60.0  # ... and lowered at most this much (below that it is gone anyway)
+FLOOR_DB = (-80.0, -60.0)  # bands this far below the window's peak: the model saw its -80 dB floor there
 
 
 def crossfade_weights(length: int, fade_in: bool, fade_out: bool, fade: int) -> torch.Tensor:
@@ -107,108 +112,64 @@ def level_match(asked_db: torch.Tensor, power: torch.Tensor) -> torch.Tensor:
     return asked_db + (input_total - asked_total)[..., None, None]
 
 
-def model_targets(model, mel_pow: torch.Tensor, grain: float) -> torch.Tensor:
-    """The mel power (in dB, absolute) the model asks for, windows crossfaded: ``(C, n_mels, frames)``."""
-    channels, _, frames = mel_pow.shape
-    starts = window_starts(frames)
-    width = min(WINDOW_FRAMES, frames)
-    fade = WINDOW_FRAMES - WINDOW_HOP
-    acc = torch.zeros_like(mel_pow)
-    total = torch.zeros(frames, dtype=mel_pow.dtype, device=mel_pow.device)
-    jobs = [(c, s) for s in starts for c in range(channels)]
-    for i in range(0, len(jobs), WINDOW_BATCH):
-        batch = jobs[i : i + WINDOW_BATCH]
-        power = torch.stack([mel_pow[c, :, s : s + width] for c, s in batch])
-        db, _ = window_db(power)
-        norm, low, high = mel.normalise_window(db)
-        with torch.inference_mode():
-            control = torch.full((len(batch),), float(grain), device=power.device)
-            out = model(norm[:, None].contiguous(memory_format=torch.channels_last), control)[:, 0]
-        asked = level_match(mel.denormalise_window(out, low, high), power)
-        for (c, s), target in zip(batch, asked):
-            w = crossfade_weights(width, s > 0, s + width < frames, fade).to(acc)
-            acc[c, :, s : s + width] += target * w
-            if c == 0:
-                total[s : s + width] += w
-    return acc / total
+def floor_weight(db: torch.Tensor) -> torch.Tensor:
+    """How much of the model's ask a band gets, from its input dB re the window's peak.
+
+    The model sees everything below -80 dB as one floor value, so what it asks
+    for there says nothing about the input: those bands keep the input (weight
+    0), bands above -60 dB get the ask (weight 1), a linear ramp in between.
+    Without this, empty regions (the air above a pad's partials, the broadband
+    trace of an envelope's corner) were lifted 20-80 dB into audible noise and
+    clicks.
+    """
+    low, high = FLOOR_DB
+    return ((db - low) / (high - low)).clamp_(0.0, 1.0)
 
 
-def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, steps: int = REFINE_STEPS,
-                produced: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-bin amplitude gain ``sqrt(G)`` with ``fb @ (G * power)`` close to ``target`` (mel power).
+def window_targets(model, power: torch.Tensor, grain: float) -> torch.Tensor:
+    """The mel power (in dB, absolute) the model asks for on windows ``power`` (``(B, n_mels, frames)``)."""
+    db, _ = window_db(power)
+    norm, low, high = mel.normalise_window(db)
+    with torch.inference_mode():
+        control = torch.full((power.shape[0],), float(grain), device=power.device)
+        out = model(norm[:, None].contiguous(memory_format=torch.channels_last), control)[:, 0]
+    asked = level_match(mel.denormalise_window(out, low, high), power)
+    given = 10.0 * torch.log10(power.clamp_min(mel.AMIN))
+    return given + floor_weight(db) * (asked - given)
+
+
+def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,
+                steps: int = REFINE_STEPS, produced: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-bin amplitude gain ``sqrt(G)`` with ``fb.mel(G * power)`` close to ``target`` (mel power).
 
     Each step compares the mel power ``G`` produces with the target, band by
     band, and moves every bin's log gain by its bands' log ratios, weighted by
     the filterbank normalised per bin (a geometric mean, so one band asking for
     a huge boost does not swamp a bin it shares with a quiet neighbour). The
     first step is the one-shot mask; ``steps`` more refine it. A bin's gain
-    stays below ``MAX_GAIN_DB``. ``produced`` may pass in ``fb @ power``.
+    stays within ``-MAX_CUT_DB ... +MAX_BOOST_DB``. ``produced`` may pass in
+    ``fb.mel(power)``.
     """
-    spread = (fb / fb.sum(0, keepdim=True).clamp_min(1e-12)).T  # (bins, mels), rows sum to 1
-    max_log = MAX_GAIN_DB * math.log(10.0) / 10.0
+    min_log, max_log = (d * math.log(10.0) / 10.0 for d in (-MAX_CUT_DB, MAX_BOOST_DB))
     tiny = torch.finfo(power.dtype).tiny
     log_target = target.clamp_min(tiny).log()
     log_gain = None
     for step in range(steps + 1):
         if step or produced is None:
-            produced = fb @ (power if log_gain is None else log_gain.exp() * power)
-        log_ratio = log_target - produced.clamp_min(tiny).log()
-        step_gain = spread @ log_ratio
-        log_gain = (step_gain if log_gain is None else log_gain.add_(step_gain)).clamp_(max=max_log)
+            produced = fb.mel(power if log_gain is None else log_gain.exp() * power)
+        step_gain = fb.spread(log_target - produced.clamp_min(tiny).log())
+        log_gain = (step_gain if log_gain is None else log_gain.add_(step_gain)).clamp_(min_log, max_log)
     return (0.5 * log_gain).exp_()
 
 
-class FrameBlocks:
-    """``x``'s STFT on one centred frame grid, in blocks of ``BLOCK_FRAMES`` frames.
-
-    Iterating yields ``(f0, f1, e0, spectrum)``: the block is frames ``f0 ..
-    f1-1``, ``spectrum`` covers frames ``e0 ..`` with up to ``MARGIN`` more on
-    each side (what a block's output samples need from its neighbours). A
-    signal that fits in one block keeps its spectrum for the next pass, longer
-    ones recompute it (bounded memory).
-    """
-
-    MARGIN = N_FFT // HOP - 1  # frames overlapping a frame on each side
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x
-        self.padded = mel.pad_centred(x)
-        self.frames = mel.frame_count(x.shape[-1])
-        self._kept: list | None = None
-
-    def __iter__(self):
-        if self._kept is not None:
-            yield from self._kept
-            return
-        kept = []
-        for f0 in range(0, self.frames, BLOCK_FRAMES):
-            f1 = min(self.frames, f0 + BLOCK_FRAMES)
-            e0, e1 = max(0, f0 - self.MARGIN), min(self.frames, f1 + self.MARGIN)
-            block = (f0, f1, e0, mel.stft_block(self.padded, e0, e1))
-            if self.frames <= BLOCK_FRAMES:
-                kept.append(block)
-            yield block
-        self._kept = kept or None
-
-
-def mel_power_blocks(blocks: FrameBlocks) -> torch.Tensor:
-    """Mel power on the whole frame grid (small: 128 bands), computed block by block."""
-    fb = mel.mel_filterbank(MODEL_SR, dtype=blocks.x.dtype, device=blocks.x.device)
-    parts = []
-    for f0, f1, e0, spec in blocks:
-        spec = spec[..., f0 - e0 : f1 - e0]
-        parts.append(fb @ (spec.real.square() + spec.imag.square()))
-    return torch.cat(parts, dim=-1)
-
-
-def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, fb: torch.Tensor,
-                 e0: int, frames: slice, samples: int) -> torch.Tensor:
+def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,
+                 e0: int, frames: slice) -> torch.Tensor:
     """One correction of the amplitude ``gain`` against the mel power the output really has.
 
     The masked spectrum is not the STFT of any signal: its inverse, analysed
     again, comes out smoother than the mask (most in the narrow low bands and
-    where the ask changes fast). This rebuilds the block's audio once, takes its
-    mel power on ``frames`` (global frame numbers; ``spec`` starts at frame
+    where the ask changes fast). This rebuilds the segment's audio once, takes
+    its mel power on ``frames`` (global frame numbers; ``spec`` starts at frame
     ``e0`` and covers their neighbours) and moves the gain of those frames by
     the spread log ratio target / actual, each band's ratio limited to
     ``CORRECTION_LIMIT_DB`` (one band out of reach, e.g. empty at the input,
@@ -218,103 +179,446 @@ def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, f
     n_fft, hop = N_FFT, HOP
     signal, norm = mel.overlap_add(spec * gain, n_fft, hop)
     signal = torch.where(norm > 1e-11, signal / norm.clamp_min(1e-11), signal)
-    # the real output is zero outside the signal: zero the centring pad as a fresh analysis would
-    position = torch.arange(signal.shape[-1], device=signal.device) + e0 * hop
-    signal = signal * ((position >= n_fft // 2) & (position < n_fft // 2 + samples))
+    # the real output is zero before the signal: zero the centring pad as a fresh analysis would
+    if e0 * hop < n_fft // 2:
+        signal[..., : n_fft // 2 - e0 * hop] = 0.0
     first, last = frames.start - e0, frames.stop - e0
     again = mel.stft_block(signal, first, last, n_fft, hop)
-    actual = fb @ (again.real.square() + again.imag.square())
+    actual = fb.mel(again.real.square() + again.imag.square())
     tiny = torch.finfo(actual.dtype).tiny
     limit = CORRECTION_LIMIT_DB * math.log(10.0) / 10.0
-    log_ratio = (target.clamp_min(tiny).log() - actual.clamp_min(tiny).log()).clamp(-limit, limit)
-    spread = (fb / fb.sum(0, keepdim=True).clamp_min(1e-12)).T
-    max_log = MAX_GAIN_DB * math.log(10.0) / 20.0  # amplitude
-    log_gain = gain[..., first:last].clamp_min(tiny).log() + 0.5 * (spread @ log_ratio)
-    return log_gain.clamp_(max=max_log).exp_()
+    log_ratio = (target.clamp_min(tiny).log() - actual.clamp_min(tiny).log()).clamp_(-limit, limit)
+    min_log, max_log = (d * math.log(10.0) / 20.0 for d in (-MAX_CUT_DB, MAX_BOOST_DB))  # amplitude
+    log_gain = gain[..., first:last].clamp_min(tiny).log() + 0.5 * fb.spread(log_ratio)
+    return log_gain.clamp_(min_log, max_log).exp_()
 
 
-def phase_reconstruct(blocks: FrameBlocks, target_db: torch.Tensor, mel_pow: torch.Tensor,
-                      correct: bool | None = None) -> torch.Tensor:
-    """Apply the refined mel-target mask to the STFT (original phase) and invert, block by block.
+def _ola_norm(n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
+    """Summed squared window at padded samples ``0 .. n_fft-1`` of a frame grid starting at 0;
+    from ``n_fft - hop`` on the sum repeats every ``hop`` samples."""
+    window = mel.hann(n_fft, None, torch.float32).square()
+    norm = torch.zeros(n_fft)
+    for start in range(0, n_fft, hop):
+        norm[start:] += window[: n_fft - start]
+    return norm
 
-    ``mel_pow`` is ``mel_power_blocks(blocks)``, ``target_db`` what the model
-    asks for; ``correct`` (default ``CORRECT``) adds the ``correct_mask`` pass,
-    computed from the refined mask's output (so blocks need only their margins).
+
+def engine_latency(segment: int | None = None) -> int:
+    """Samples (at 44.1 kHz) a streamed ``GrainEngine`` needs to run behind its input.
+
+    Segment ``j`` (frames ``S j .. S (j+1) - 1``) can be built once every
+    window touching its frames and their STFT neighbours has all its input;
+    until then only the samples before it are final. The worst case over the
+    segment/window grid, plus the frames' reach (``n_fft / 2`` either side).
     """
-    x = blocks.x
-    correct = CORRECT if correct is None else correct
-    fb = mel.mel_filterbank(MODEL_SR, dtype=x.dtype, device=x.device)
-    ola = mel.OverlapAdd(x.shape[:-1], x.shape[-1], device=x.device, dtype=x.dtype)
-    for f0, f1, e0, spec in blocks:
-        power = spec.real.square() + spec.imag.square()
-        near = slice(e0, e0 + spec.shape[-1])
-        target = mel.db_to_power(target_db[..., near])
-        gain = refine_mask(power, target, fb, produced=mel_pow[..., near])
-        inner = slice(f0 - e0, f1 - e0)
-        if correct:
-            gain = correct_mask(spec, gain, target[..., inner], fb, e0, slice(f0, f1), x.shape[-1])
-        else:
-            gain = gain[..., inner]
-        ola.add(spec[..., inner] * gain, f0)
-    return ola.result()
+    segment = SEGMENT if segment is None else segment
+    worst = 0
+    period = segment * WINDOW_HOP // math.gcd(segment, WINDOW_HOP)
+    for j in range(2 * period // segment + 1):
+        last_frame = segment * (j + 1) + MARGIN - 1
+        needed = max(last_frame, WINDOW_HOP * (last_frame // WINDOW_HOP) + WINDOW_FRAMES - 1)
+        arrives = HOP * needed + N_FFT // 2  # input samples needed before the segment can be built
+        final = max(0, HOP * segment * j - N_FFT // 2)  # samples final before it is
+        worst = max(worst, arrives - final)
+    return worst
 
 
-def match_rms(y: torch.Tensor, x: torch.Tensor, peak: float = PEAK) -> torch.Tensor:
-    """Scale ``y`` so its RMS (all channels together) equals ``x``'s, within ``RMS_LIMITS``;
-    then, if a peak exceeds ``peak``, scale everything down so it does not (the original's limiter)."""
-    rms_y = y.square().mean().sqrt()
-    if rms_y <= 1e-9:
-        return y
-    return limit_peak(y * (x.square().mean().sqrt() / rms_y).clamp(*RMS_LIMITS), peak)
+class GrainEngine:
+    """The ``"phase"`` reconstruction at 44.1 kHz, segment by segment, for offline and streamed use.
 
+    ``feed(x)`` appends input samples (``(C, n)`` float32 numpy); ``run(final)``
+    builds every segment whose input has arrived (``final=True``: the input
+    has ended, what follows is silence) and returns the samples that became
+    final, in order from the signal's first sample. Offline calls feed the
+    whole signal and run with ``final=True`` until it is covered; a stream runs
+    after every block and is ``engine_latency()`` samples behind at worst.
+    """
 
-def limit_peak(y: torch.Tensor, peak: float = PEAK) -> torch.Tensor:
-    """Scale ``y`` down so its largest absolute sample is at most ``peak``."""
-    top = y.abs().max()
-    return y * (peak / top) if top > peak else y
+    def __init__(self, model, grain: float, channels: int, device: torch.device) -> None:
+        self.model, self.grain, self.channels, self.device = model, float(grain), int(channels), device
+        self.fb = mel.banded_filterbank(MODEL_SR, dtype=torch.float32, device=device)
+        self.head_norm = _ola_norm().to(device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.pending: list[np.ndarray] = []  # fed, not yet joined
+        self.x = np.zeros((self.channels, 0), np.float32)  # joined input from signal sample x0
+        self.x0 = 0
+        self.received = 0
+        self.frames = 0  # frames [f0, frames) are in spec/power
+        self.f0 = 0
+        self.spec = torch.zeros(self.channels, N_FFT // 2 + 1, 0, dtype=torch.complex64, device=self.device)
+        self.power = torch.zeros(self.channels, mel.N_MELS, 0, device=self.device)
+        self.windows = 0  # windows [0, windows) have added their asks to target
+        self.t0 = 0  # target covers frames [t0, t0 + target.shape[-1])
+        self.target = torch.zeros(self.channels, mel.N_MELS, 0, dtype=torch.float64, device=self.device)
+        self.segments = 0  # segments built
+        self.out = torch.zeros(self.channels, 0, device=self.device)  # overlap-add, padded samples from o0
+        self.o0 = 0
+        self.emitted = 0  # signal samples returned so far
+
+    def feed(self, x: np.ndarray) -> None:
+        if x.shape[-1]:
+            self.pending.append(np.asarray(x, dtype=np.float32))
+            self.received += x.shape[-1]
+
+    def run(self, final: bool = False, until: int | None = None) -> np.ndarray:
+        """Build what is ready; returns the newly final output samples ``(C, n)``.
+
+        With ``final``, the input is complete: build segments until ``until``
+        samples (default: all received) are final.
+        """
+        until = self.received if until is None else until
+        parts = []
+        while True:
+            target_segments = self._segments_ready(final, until)
+            if target_segments <= self.segments:
+                break
+            stop = min(target_segments, self.segments + SEGMENTS_PER_ROUND)
+            parts.append(self._build(stop, final))
+        if not parts:
+            return np.zeros((self.channels, 0), np.float32)
+        return np.concatenate(parts, axis=-1)
+
+    # -- readiness --------------------------------------------------------------------------
+    def _frames_available(self, final: bool) -> int:
+        """Frames whose input has fully arrived (unbounded once the input is final)."""
+        if final:
+            return 1 << 60
+        return max(0, (self.received - N_FFT // 2) // HOP + 1)
+
+    def _segments_ready(self, final: bool, until: int) -> int:
+        if final:  # enough segments to make samples [0, until) final
+            return max(self.segments, -(-(until + N_FFT // 2) // (HOP * SEGMENT)))
+        frames = self._frames_available(False)
+        j = self.segments
+        while True:
+            last = SEGMENT * (j + 1) + MARGIN - 1
+            needed = max(last, WINDOW_HOP * (last // WINDOW_HOP) + WINDOW_FRAMES - 1)
+            if needed >= frames:
+                return j
+            j += 1
+
+    # -- the work ---------------------------------------------------------------------------
+    def _input(self, start: int, stop: int) -> np.ndarray:
+        """Signal samples ``start .. stop-1`` (zeros before 0 and after what arrived)."""
+        if self.pending:
+            self.x = np.concatenate([self.x, *self.pending], axis=-1)
+            self.pending = []
+        out = np.zeros((self.channels, stop - start), np.float32)
+        a, b = max(start, self.x0), min(stop, self.x0 + self.x.shape[-1])
+        if b > a:
+            out[:, a - start : b - start] = self.x[:, a - self.x0 : b - self.x0]
+        return out
+
+    def _compute_frames(self, stop: int) -> None:
+        """Spectra and mel power of frames ``self.frames .. stop-1``, in parallel pieces."""
+        if stop <= self.frames:
+            return
+        starts = list(range(self.frames, stop, SEGMENT))
+        pieces: dict[int, tuple] = {}
+
+        def work(a: int) -> None:
+            b = min(stop, a + SEGMENT)
+            signal = torch.from_numpy(self._input(a * HOP - N_FFT // 2, (b - 1) * HOP + N_FFT // 2))
+            spec = mel.stft_block(signal.to(self.device), 0, b - a)
+            pieces[a] = (spec, self.fb.mel(spec.real.square() + spec.imag.square()))
+
+        self._input(0, 0)  # joins the pending input once, before the threads read it
+        parallel_map(work, starts, self.device)
+        self.spec = torch.cat([self.spec, *(pieces[a][0] for a in starts)], dim=-1)
+        self.power = torch.cat([self.power, *(pieces[a][1] for a in starts)], dim=-1)
+        self.frames = stop
+
+    def _compute_windows(self, stop: int) -> None:
+        """Add the asks of windows ``self.windows .. stop-1`` to ``target`` (crossfaded)."""
+        if stop <= self.windows:
+            return
+        jobs = [(k, c) for k in range(self.windows, stop) for c in range(self.channels)]
+        self._compute_frames(WINDOW_HOP * (stop - 1) + WINDOW_FRAMES)
+        end = WINDOW_HOP * (stop - 1) + WINDOW_FRAMES
+        grow = end - (self.t0 + self.target.shape[-1])
+        if grow > 0:
+            self.target = torch.cat([self.target, self.target.new_zeros(self.channels, mel.N_MELS, grow)], -1)
+        batch = max(1, min(WINDOW_BATCH, -(-len(jobs) // max(1, torch.get_num_threads()))))
+        batches = [jobs[i : i + batch] for i in range(0, len(jobs), batch)]
+        asks: dict[int, torch.Tensor] = {}
+
+        def work(index: int) -> None:
+            power = torch.stack([self.power[c, :, WINDOW_HOP * k - self.f0 :][:, :WINDOW_FRAMES]
+                                 for k, c in batches[index]])
+            asks[index] = window_targets(self.model, power, self.grain)
+
+        parallel_map(work, range(len(batches)), self.device)
+        fade = WINDOW_FRAMES - WINDOW_HOP
+        for index, batch_jobs in enumerate(batches):
+            for (k, c), ask in zip(batch_jobs, asks[index]):
+                w = crossfade_weights(WINDOW_FRAMES, k > 0, True, fade).to(self.target)
+                s = WINDOW_HOP * k - self.t0
+                self.target[c, :, s : s + WINDOW_FRAMES] += ask.to(self.target) * w
+        self.windows = stop
+
+    def _build(self, stop: int, final: bool) -> np.ndarray:
+        """Build segments ``self.segments .. stop-1``; return the samples that became final."""
+        first = self.segments
+        last_frame = SEGMENT * stop + MARGIN - 1
+        self._compute_windows(last_frame // WINDOW_HOP + 1)
+        self._compute_frames(last_frame + 1)
+        results: dict[int, torch.Tensor] = {}
+
+        def work(j: int) -> None:
+            f0, f1 = SEGMENT * j, SEGMENT * (j + 1)
+            e0, e1 = max(0, f0 - MARGIN), f1 + MARGIN
+            spec = self.spec[..., e0 - self.f0 : e1 - self.f0]
+            power = spec.real.square() + spec.imag.square()
+            target = mel.db_to_power(self.target[..., e0 - self.t0 : e1 - self.t0]).to(power.dtype)
+            gain = refine_mask(power, target, self.fb, produced=self.power[..., e0 - self.f0 : e1 - self.f0])
+            inner = slice(f0 - e0, f1 - e0)
+            if CORRECT:
+                gain = correct_mask(spec, gain, target[..., inner], self.fb, e0, slice(f0, f1))
+            else:
+                gain = gain[..., inner]
+            results[j] = mel.overlap_add(spec[..., inner] * gain)[0]
+
+        parallel_map(work, range(first, stop), self.device)
+        # overlap-add in padded samples (signal sample n is padded n + n_fft/2)
+        end = HOP * SEGMENT * (stop - 1) + HOP * (SEGMENT - 1) + N_FFT
+        grow = end - (self.o0 + self.out.shape[-1])
+        if grow > 0:
+            self.out = torch.cat([self.out, self.out.new_zeros(self.channels, grow)], -1)
+        for j in range(first, stop):
+            s = HOP * SEGMENT * j - self.o0
+            self.out[:, s : s + results[j].shape[-1]] += results[j]
+        self.segments = stop
+        # padded samples below HOP * SEGMENT * stop get nothing more
+        done = HOP * SEGMENT * stop - N_FFT // 2  # signal samples [0, done) are final
+        start = self.emitted
+        out = self.out[:, start + N_FFT // 2 - self.o0 : done + N_FFT // 2 - self.o0]
+        positions = torch.arange(start + N_FFT // 2, done + N_FFT // 2, device=self.device)
+        periodic = N_FFT - HOP + positions % HOP
+        norm = self.head_norm[torch.where(positions < N_FFT, positions, periodic)]
+        result = (out / norm).cpu().numpy()
+        self.emitted = max(start, done)
+        self._trim()
+        return result
+
+    def _trim(self) -> None:
+        """Drop what no later segment or window needs (bounded memory on long signals)."""
+        keep_frames = min(SEGMENT * self.segments - MARGIN, WINDOW_HOP * self.windows)
+        if keep_frames > self.f0:
+            self.spec = self.spec[..., keep_frames - self.f0 :].clone()
+            self.power = self.power[..., keep_frames - self.f0 :].clone()
+            self.f0 = keep_frames
+        keep_target = SEGMENT * self.segments - MARGIN
+        if keep_target > self.t0:
+            self.target = self.target[..., keep_target - self.t0 :].clone()
+            self.t0 = keep_target
+        keep_out = self.emitted + N_FFT // 2
+        if keep_out > self.o0:
+            self.out = self.out[:, keep_out - self.o0 :].clone()
+            self.o0 = keep_out
+        keep_x = self.frames * HOP - N_FFT // 2
+        if keep_x > self.x0 and not self.pending:
+            self.x = self.x[:, keep_x - self.x0 :].copy()
+            self.x0 = keep_x
 
 
 class GrainNode(EffectNode):
-    """The CAK grain processor: ``grain`` < 0 adds texture/complexity, > 0 smooths, 0 is bypass."""
+    """The CAK grain processor: ``grain`` > 0 makes the spectrum flatter (smoother), < 0 rougher, 0 is bypass.
+
+    Streams (``reset=False``) with a latency of ``latency_samples(sr)`` (about
+    3.9 s at 44.1 kHz: the 3 s analysis windows): not for live use.
+    """
 
     name = "cak.grain"
 
     def __init__(self, model: torch.nn.Module, grain: float = 1.0, reconstruction: str = "phase",
-                 rms_match: bool = True, device=None) -> None:
+                 level: str = "match", ceiling_db: float = -1.0, device=None) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":  # oneDNN's convolutions run ~2x faster on NHWC
             self.model = self.model.to(memory_format=torch.channels_last)
         self.grain = float(grain)
         self.reconstruction = reconstruction
-        self.rms_match = bool(rms_match)
+        try:
+            self.level_stage = LevelStage(level, ceiling_db, original="grain")
+        except ValueError as exc:
+            raise CakfxError(f"cak.grain: {exc}") from None
+        self._stream: dict | None = None
+
+    @property
+    def level(self) -> str:
+        return self.level_stage.mode
+
+    @property
+    def ceiling_db(self) -> float:
+        return self.level_stage.ceiling_db
+
+    # -- offline ---------------------------------------------------------------------------
+    def model_path(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
+        """The raw output (before the level stage), aligned with ``audio`` ``(C, N)`` float32."""
+        x = np.ascontiguousarray(audio, dtype=np.float32)
+        resampled = int(round(sample_rate)) != MODEL_SR
+        x44 = resample(x, sample_rate, MODEL_SR) if resampled else x
+        if self.reconstruction == "griffinlim":
+            from cakfx.plugins.grain.griffinlim import griffinlim_process
+
+            y44 = griffinlim_process(self.model, torch.from_numpy(x44).to(self.device), self.grain)
+            y44 = y44.cpu().numpy()
+        else:
+            engine = GrainEngine(self.model, self.grain, x44.shape[0], self.device)
+            engine.feed(x44)
+            y44 = engine.run(final=True)[:, : x44.shape[-1]]
+        if not resampled:
+            return y44
+        y = resample(y44, MODEL_SR, sample_rate, length=x.shape[-1])
+        if int(round(sample_rate)) > MODEL_SR:  # the band the model cannot see passes unchanged
+            y = y + band_split(x, sample_rate, down=x44)[1]
+        return y
 
     def process_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
         if self.grain == 0.0:
             return audio.copy()  # a true bypass: the model's BatchNorm alone is not an identity
-        original = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
-        resampled = int(round(sample_rate)) != MODEL_SR
-        x = resample(original, sample_rate, MODEL_SR) if resampled else original
-        if self.reconstruction == "griffinlim":
-            from cakfx.plugins.grain.griffinlim import PEAK, griffinlim_process
-
-            y = griffinlim_process(self.model, x, self.grain)
-        else:
-            blocks = FrameBlocks(x)
-            mel_pow = mel_power_blocks(blocks)
-            y = phase_reconstruct(blocks, model_targets(self.model, mel_pow, self.grain), mel_pow)
-        if resampled:
-            y = resample(y, MODEL_SR, sample_rate, length=original.shape[-1])
-        y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+        y = np.nan_to_num(self.model_path(audio, sample_rate), nan=0.0, posinf=0.0, neginf=0.0)
         # levels at the caller's rate: what was above its Nyquist does not count
-        if self.rms_match:
-            y = match_rms(y, original)
-        elif self.reconstruction == "griffinlim":
-            y = limit_peak(y, PEAK)  # the original always limited its Griffin-Lim output
-        return y.cpu().numpy().astype(audio.dtype, copy=False)
+        y = self.level_stage.apply(audio, y, sample_rate)
+        return np.asarray(y).astype(audio.dtype, copy=False)
+
+    # -- streaming -------------------------------------------------------------------------
+    def path_latency(self, sample_rate: float) -> int:
+        """Latency of the streamed model path (before the level stage), in samples at ``sample_rate``."""
+        if self.grain == 0.0:
+            return 0
+        sr = int(round(sample_rate))
+        step = MODEL_SR // math.gcd(sr, MODEL_SR)  # engine latency: whole samples at both rates
+        core = -(-engine_latency() // step) * step
+        if sr == MODEL_SR:
+            return core
+        down, up = StreamResampler(sr, MODEL_SR, 1), StreamResampler(MODEL_SR, sr, 1)
+        return (down.latency + core) * sr // MODEL_SR + up.latency
+
+    def latency_samples(self, sample_rate: float) -> int:
+        if self.grain == 0.0:
+            return 0
+        return self.path_latency(sample_rate) + self.level_stage.latency_samples(sample_rate)
+
+    def reset(self) -> None:
+        self._stream = None
+        self.level_stage.reset()
+
+    def _new_stream(self, channels: int, sample_rate: float) -> dict:
+        sr = int(round(sample_rate))
+        step = MODEL_SR // math.gcd(sr, MODEL_SR)
+        core = -(-engine_latency() // step) * step
+        state = {"sr": sr, "channels": channels, "engine": GrainEngine(self.model, self.grain, channels,
+                                                                       self.device)}
+        lead = 0
+        if sr != MODEL_SR:
+            state["down"] = StreamResampler(sr, MODEL_SR, channels)
+            state["up"] = StreamResampler(MODEL_SR, sr, channels)
+            lead = state["down"].latency  # the down resampler's priming zeros: the engine skips them
+            if sr > MODEL_SR:
+                state["high"] = HighBand(sr, channels)
+                state["high_delay"] = Delay(channels, core * sr // MODEL_SR)
+        state["skip"] = lead
+        state["fifo"] = Delay(channels, core + lead)
+        state["input_delay"] = Delay(channels, self.path_latency(sample_rate))
+        state["priming"] = self.path_latency(sample_rate)
+        return state
+
+    def _model_path_stream(self, x: np.ndarray, sample_rate: float) -> np.ndarray:
+        state = self._stream
+        if state is None or state["sr"] != int(round(sample_rate)) or state["channels"] != x.shape[0]:
+            state = self._stream = self._new_stream(x.shape[0], sample_rate)
+        x44 = state["down"].process(x) if "down" in state else x
+        count = x44.shape[-1]
+        if state["skip"]:
+            drop = min(state["skip"], count)
+            x44, state["skip"] = x44[:, drop:], state["skip"] - drop
+        engine = state["engine"]
+        engine.feed(x44)
+        state["fifo"].push(engine.run())
+        y44 = state["fifo"].pop(count)  # engine_latency() is its worst case: it never runs dry
+        if "up" not in state:
+            return y44
+        y = state["up"].process(y44, frames=x.shape[-1])
+        if "high" in state:
+            y = y + state["high_delay"].process(state["high"].stream(x)[1])
+        return y
+
+    def stream_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
+        if self.grain == 0.0:
+            return audio.copy()
+        if self.reconstruction != "phase":
+            raise CakfxError("cak.grain: reconstruction='griffinlim' does not stream; use 'phase'")
+        x = np.ascontiguousarray(audio, dtype=np.float32)
+        y = np.nan_to_num(self._model_path_stream(x, sample_rate), nan=0.0, posinf=0.0, neginf=0.0)
+        x_aligned = self._stream["input_delay"].process(x)
+        # the path's priming zeros stay out of the level stage: its meters (BS.1770 gating blocks,
+        # RMS) then see the signal from its first sample, as offline
+        priming = min(self._stream["priming"], x.shape[-1])
+        self._stream["priming"] -= priming
+        y_level = self.level_stage.stream(x_aligned[:, priming:], y[:, priming:], sample_rate)
+        if priming:
+            y_level = np.concatenate([np.zeros((x.shape[0], priming), np.float32), y_level], axis=-1)
+        return np.asarray(y_level).astype(audio.dtype, copy=False)
+
+    # the level stage's measuring protocol (a streamed render measures the loudness first)
+    @property
+    def needs_measure(self) -> bool:
+        return self.grain != 0.0 and self.level_stage.needs_measure
+
+    def begin_measure(self) -> None:
+        self.level_stage.begin_measure()
+
+    def end_measure(self) -> None:
+        self.level_stage.end_measure()
+
+    def forget_measure(self) -> None:
+        self.level_stage.forget_measure()
 
     def __repr__(self) -> str:
-        return f"<cakfx cak.grain grain={self.grain:g} reconstruction={self.reconstruction}>"
+        return (f"<cakfx cak.grain grain={self.grain:g} reconstruction={self.reconstruction} "
+                f"level={self.level} ceiling_db={self.ceiling_db:g}>")
 
 
-__all__ = ["GrainNode", "HOP", "N_FFT"]
+class Delay:
+    """A queue of ``(C, n)`` blocks that starts with ``samples`` zeros: ``process`` delays a block.
+
+    Costs what the blocks cost, not what the delay holds (a delay of seconds fed one sample
+    at a time must not copy seconds per call).
+    """
+
+    def __init__(self, channels: int, samples: int) -> None:
+        self.channels = int(channels)
+        self.blocks: deque = deque([np.zeros((self.channels, int(samples)), np.float32)])
+        self.length = int(samples)
+
+    def push(self, block: np.ndarray) -> None:
+        if block.shape[-1]:
+            self.blocks.append(np.asarray(block, dtype=np.float32))
+            self.length += block.shape[-1]
+
+    def pop(self, count: int) -> np.ndarray:
+        if count > self.length:
+            raise RuntimeError(f"cak.grain: a stream ran dry ({count} samples asked, {self.length} queued)")
+        out = np.empty((self.channels, count), np.float32)
+        filled = 0
+        while filled < count:
+            head = self.blocks[0]
+            k = min(count - filled, head.shape[-1])
+            out[:, filled : filled + k] = head[:, :k]
+            filled += k
+            if k == head.shape[-1]:
+                self.blocks.popleft()
+            else:
+                self.blocks[0] = head[:, k:]
+        self.length -= count
+        return out
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        self.push(block)
+        return self.pop(block.shape[-1])
+
+
+__all__ = ["GrainEngine", "GrainNode", "HOP", "N_FFT", "engine_latency"]

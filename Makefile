@@ -4,7 +4,7 @@ VENV ?= .venv
 # A CPU build of torch is installed first so a fresh install never pulls CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
-DEMO_PRESETS ?= texture-drums grain-smooth texture-grain
+DEMO_PRESETS ?= texture-drums grain-noisy texture-grain
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 

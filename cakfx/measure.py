@@ -1,12 +1,18 @@
-"""Grain measurement: spectral flatness and friends, and the ``cakfx measure`` command.
+"""Spectral flatness, centroid and RMS of audio files, and the ``cakfx measure`` command.
 
 ``spectral_flatness`` is librosa's (``librosa.feature.spectral_flatness``,
-the grain score of DESIGN §7): per frame of the power STFT (n_fft 2048, hop
+the score the grain trainer pairs its controls by, DESIGN §7): per frame of the power STFT (n_fft 2048, hop
 512, Hann, centred, zero padding) the geometric over the arithmetic mean of
 ``max(S, 1e-10)``, averaged over frames, at the file's own sample rate. Multichannel
 audio: every channel is measured and the channel values averaged (a downmix
 could cancel out-of-phase content and read smoother than what is heard).
 Frames are taken in blocks, so long files need little memory.
+
+Flatness is reported under its own name, ``flatness`` (0 = tonal, peaky; 1 =
+white noise). Measured with the bundled weights, positive ``cak.grain``
+values *raise* it (see README, Effects), so calling it "grain" misled.
+Compatibility: before cakfx 0.2 the CSV/JSON column and summary key was
+``grain``; scripts reading that column should read ``flatness`` now.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from cakfx.spectral import HOP, N_FFT
 
 AMIN = 1e-10
 BLOCK_FRAMES = 4096
-FIELDS = ("path", "grain", "centroid_hz", "rms", "rms_dbfs", "duration_s", "sample_rate", "channels")
-SUMMARY_FIELDS = ("grain", "centroid_hz", "rms", "duration_s")
+FIELDS = ("path", "flatness", "centroid_hz", "rms", "rms_dbfs", "duration_s", "sample_rate", "channels")
+SUMMARY_FIELDS = ("flatness", "centroid_hz", "rms", "duration_s")
 
 
 def _power_blocks(audio, n_fft: int = N_FFT, hop: int = HOP):
@@ -88,7 +94,7 @@ def measure_file(path: Path) -> dict:
     level = rms(audio)
     return {
         "path": str(path),
-        "grain": spectral_flatness(audio, info.sample_rate),
+        "flatness": spectral_flatness(audio, info.sample_rate),
         "centroid_hz": spectral_centroid(audio, info.sample_rate),
         "rms": level,
         "rms_dbfs": 20.0 * math.log10(level) if level > 0 else None,  # silence: no dB value
@@ -151,11 +157,12 @@ def _fmt(value) -> str:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="write per-file rows, failures and the summary as JSON")
 def measure(inputs, csv_path, json_path):
-    """Measure grain (spectral flatness), centroid, RMS, duration, rate and channels of audio files.
+    """Measure spectral flatness, centroid, RMS, duration, rate and channels of audio files.
 
     INPUTS are files or folders (searched recursively). Non-audio files are
     skipped; files that cannot be read are listed with the reason, and the
-    exit status is then 1.
+    exit status is then 1. The flatness column was called ``grain`` before
+    cakfx 0.2.
     """
     from tqdm import tqdm
 
@@ -178,8 +185,8 @@ def measure(inputs, csv_path, json_path):
     for key, stats in summary.items():
         click.echo(f"{key:>12}: " + "  ".join(f"{k} {_fmt(v)}" for k, v in stats.items()))
     if rows:
-        click.echo("\ngrain (spectral flatness) histogram:")
-        for line in histogram([row["grain"] for row in rows]):
+        click.echo("\nspectral flatness histogram:")
+        for line in histogram([row["flatness"] for row in rows]):
             click.echo(f"  {line}")
     if failures:
         click.echo("\nfailed:", err=True)

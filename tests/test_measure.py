@@ -1,4 +1,4 @@
-"""Grain measurement (spectral flatness, centroid, RMS) and the ``cakfx measure`` command."""
+"""Spectral flatness, centroid, RMS and the ``cakfx measure`` command."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def test_reference_flatness(reference, tmp_path):
     result = CliRunner().invoke(cli, ["measure", str(excerpt), "--json", str(tmp_path / "m.json")])
     assert result.exit_code == 0, result.output
     row = json.loads((tmp_path / "m.json").read_text())["files"][0]
-    assert row["grain"] == pytest.approx(expected, rel=0.005)
+    assert row["flatness"] == pytest.approx(expected, rel=0.005)
+    assert "grain" not in row  # renamed: the column says what it measures
     assert (row["sample_rate"], row["channels"], row["duration_s"]) == (44100, 1, 6.0)
 
 
@@ -94,7 +95,7 @@ def test_measure_command(folder, tmp_path):
     assert result.exit_code == 1, result.output  # the corrupt file fails the run
     assert "2 measured, 1 skipped (not audio), 1 failed" in result.output
     assert "broken.wav" in result.output and "histogram" in result.output
-    assert "grain: min " in result.output and "duration_s: min " in result.output
+    assert "flatness: min " in result.output and "duration_s: min " in result.output
 
     rows = list(csv.DictReader(out_csv.open()))
     assert [r["path"].split("samples/")[1] for r in rows] == ["a.wav", "sub/b.flac"]
@@ -102,9 +103,10 @@ def test_measure_command(folder, tmp_path):
     report = json.loads(out_json.read_text())
     assert [f["path"].endswith("broken.wav") for f in report["failed"]] == [True]
     assert report["skipped"][0].endswith("notes.txt")
-    grains = [r["grain"] for r in report["files"]]
-    assert report["summary"]["grain"]["max"] == pytest.approx(max(grains))
-    assert report["summary"]["grain"]["mean"] == pytest.approx(np.mean(grains))
+    assert list(rows[0])[:3] == ["path", "flatness", "centroid_hz"]
+    flatness = [r["flatness"] for r in report["files"]]
+    assert report["summary"]["flatness"]["max"] == pytest.approx(max(flatness))
+    assert report["summary"]["flatness"]["mean"] == pytest.approx(np.mean(flatness))
 
 
 def test_measure_command_all_good_exits_zero(folder):

@@ -18,7 +18,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ("texture-subtle", "texture-drums", "texture-heavy", "grain-smooth", "grain-rough", "texture-grain")
+PRESETS = sorted(  # every bundled preset that uses the default weights
+    p.stem for p in (ROOT / "presets").glob("*.toml") if "cak-" in p.read_text()
+)
 DEFAULTS = {"cak-texture-default": "cak.texture", "cak-grain-default": "cak.grain"}
 
 

@@ -1,0 +1,79 @@
+"""Every bundled preset is voiced: level-neutral within 3 LU, sample peak at most -0.3 dBFS.
+
+The material is the demo's (``cakfx.demo``): a drum loop, a chord pad and both
+mixed, at their own levels; a copy of the mix normalised to -0.1 dBFS checks
+that nothing ships an over (its loudness is not asked to stay put: limiting a
+hot input is the ceiling's job). The full measurement over a real corpus is
+``bench/quality.py`` (figures in weights/README.md); this is the guard that
+keeps the presets voiced.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cakfx
+from cakfx.demo import SR, chord_pad, drum_loop
+from cakfx.dsp.loudness import integrated_loudness, sample_peak_db
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "presets").glob("*.toml"))
+SECONDS = 2.0
+MAX_LU = 3.0
+MAX_PEAK_DB = -0.3
+
+
+def _signals() -> dict[str, np.ndarray]:
+    n = int(SECONDS * SR)
+    drums = np.repeat(drum_loop(SECONDS), 2, axis=0)[:, :n]
+    pad = chord_pad(SECONDS)[:, :n]
+    mix = 0.7 * drums + 0.7 * pad
+    loud = mix * (10 ** (-0.1 / 20) / np.abs(mix).max())
+    return {"drums": drums, "pad": pad, "drums + pad": mix}, loud
+
+
+SIGNALS, LOUD = _signals()
+
+
+def test_every_bundled_preset_is_covered():
+    assert len(PRESETS) >= 6 and "demo" in PRESETS
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_keeps_loudness_and_stays_under_the_ceiling(preset):
+    chain = cakfx.load_preset(preset, device="cpu")
+    for label, audio in [*SIGNALS.items(), ("drums + pad at -0.1 dBFS", LOUD)]:
+        out = chain(audio.astype(np.float32), SR)
+        assert out.shape == audio.shape and np.isfinite(out).all()
+        if label in SIGNALS:
+            change = integrated_loudness(out, SR) - integrated_loudness(audio, SR)
+            assert abs(change) <= MAX_LU, f"{preset} on {label}: loudness moved {change:+.2f} LU"
+        peak = sample_peak_db(out)
+        assert peak <= MAX_PEAK_DB, f"{preset} on {label}: sample peak {peak:+.2f} dBFS"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_stays_in_the_trained_range_unless_named_extreme(preset):
+    path = Path(__file__).resolve().parents[1] / "presets" / f"{preset}.toml"
+    entries = tomllib.loads(path.read_text())["chain"]
+    extreme = "extreme" in preset
+    for entry in entries:
+        if entry["effect"] == "cak.texture":
+            assert extreme or entry.get("amount", 0.5) <= 1.0, f"{preset}: texture amount beyond 1"
+        if entry["effect"] == "cak.grain":
+            assert extreme or entry.get("grain", 1.0) >= 0.0, f"{preset}: negative grain (not trained)"
+
+
+def test_silence_stays_silent_through_every_preset():
+    silence = np.zeros((2, SR), np.float32)
+    for preset in PRESETS:
+        out = cakfx.load_preset(preset, device="cpu")(silence, SR)
+        assert np.abs(out).max() < 10 ** (-90 / 20), preset  # reverb tails of nothing are nothing

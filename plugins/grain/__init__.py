@@ -14,8 +14,8 @@ NAME = "cak.grain"
 DEFAULT_WEIGHTS = "cak-grain-default"
 
 PARAMS = [
-    Param("grain", "float", 1.0, "grain control: negative adds texture/complexity, positive smooths, "
-          "0 is bypass", min=-3.0, max=3.0),
+    Param("grain", "float", 1.0, "grain control: positive brightens and flattens the spectrum (trained "
+          "range 0…1.5), negative darkens it (extrapolation), 0 is bypass", min=-3.0, max=3.0),
     Param("weights", "weights", DEFAULT_WEIGHTS, "grain model weights (a name or a .safetensors path)"),
     Param("reconstruction", "choice", "phase", "'phase': gain mask on the original STFT (fast, keeps "
           "the phase); 'griffinlim': the original's Griffin-Lim (slow)", choices=("phase", "griffinlim")),
@@ -25,10 +25,12 @@ PARAMS = [
     Param("ceiling_db", "float", -1.0, "true-peak ceiling of level='match' (dBTP)", min=-24.0, max=0.0),
 ]
 
-SUMMARY = "Neural grain processor: smooths (grain > 0) or roughens (grain < 0) the spectral texture"
+SUMMARY = "Neural grain processor: brightens and flattens (grain > 0) or darkens (grain < 0) the spectrum"
 DESCRIPTION = (
     "The CAK grain processor (three conditioning-aware kernel layers on a 128-band mel spectrogram). "
-    "Negative grain adds texture and complexity, positive grain smooths; 0 is a true bypass. The "
+    "Measured on real material (bench/quality.py): positive grain makes the spectrum brighter and "
+    "flatter (centroid +0.6 / +1.2 kHz at +0.5 / +1.5), negative grain darker; negative values lie "
+    "outside what the recipe trains (g >= 0). 0 is a true bypass. The "
     "model's change to the mel spectrogram is applied as a refined per-band gain on the original STFT "
     "with its phase kept (reconstruction='phase'); 'griffinlim' rebuilds the audio as the original "
     "research code did. Every channel is processed; any sample rate (the model runs at 44.1 kHz; above "

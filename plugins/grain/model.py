@@ -7,9 +7,10 @@ Each layer (published name ``cakN``)::
     out = x + p * g * sigmoid(|g| * T) * scale
 
 with T = 5, 10, 15 and controls g, 0.7 g, 0.5 g for the three layers, then
-``output_norm`` (BatchNorm2d(1), eval mode). ``g`` runs -3 ... +3: negative adds
-texture, positive smooths. Input is a ``(B, 1, 128, frames)`` mel dB spectrogram
-min-max normalised to [-1, 1].
+``output_norm`` (BatchNorm2d(1), eval mode). ``g`` runs -3 ... +3 (the published
+description: negative adds texture, positive smooths; measured through cakfx, positive
+brightens and flattens the spectrum, negative darkens it). Input is a
+``(B, 1, 128, frames)`` mel dB spectrogram min-max normalised to [-1, 1].
 """
 
 from __future__ import annotations

@@ -424,7 +424,7 @@ class GrainEngine:
 
 
 class GrainNode(EffectNode):
-    """The CAK grain processor: ``grain`` > 0 makes the spectrum flatter (smoother), < 0 rougher, 0 is bypass.
+    """The CAK grain processor: ``grain`` > 0 brightens and flattens the spectrum, < 0 darkens, 0 bypasses.
 
     Streams (``reset=False``) with a latency of ``latency_samples(sr)`` (about
     3.9 s at 44.1 kHz: the 3 s analysis windows): not for live use.

@@ -102,7 +102,7 @@ def test_registration_and_parameter_checks(random_weights):
     assert {p.name for p in spec.params} == {"grain", "weights", "reconstruction", "level", "ceiling_db"}
     assert spec.param_map["level"].default == "match" and spec.param_map["ceiling_db"].default == -1.0
     assert "latency" in spec.description and "not for live use" in spec.description
-    assert "bypass" in spec.description and "smooth" in spec.description and spec.summary
+    assert "bypass" in spec.description and "brighter and flatter" in spec.description and spec.summary
     assert spec.param_map["weights"].default == "cak-grain-default"
     with pytest.raises(CakfxError, match="above the maximum"):
         grain(random_weights, grain=3.5)

@@ -34,7 +34,8 @@ class EffectSpec:
     analyse: Callable[..., Any] | None = None
     # extra per-value validation (e.g. pedalboard setters); raises ValueError(param, message)
     validate: Callable[[dict], None] | None = None
-    # the tensors a weights file must hold: expected_shapes(stats) -> {name: shape}
+    # the tensors a weights file must hold: expected_shapes(stats) -> {name: shape}; a name
+    # ending in "?" is optional
     expected_shapes: Callable[[dict], dict[str, tuple[int, ...]]] | None = None
     plugin: str = ""
     param_map: dict[str, Param] = field(init=False)

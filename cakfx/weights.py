@@ -242,7 +242,11 @@ def check_weights(
 
 
 def check_shapes(actual: dict[str, tuple], expected: dict[str, tuple], path: Path) -> None:
-    missing = sorted(set(expected) - set(actual))
+    """The tensors ``actual`` has must be exactly ``expected`` (name -> shape); a name ending in
+    ``?`` is optional (e.g. ``"threshold?": ()``)."""
+    optional = {k[:-1] for k in expected if k.endswith("?")}
+    expected = {k.removesuffix("?"): v for k, v in expected.items()}
+    missing = sorted(set(expected) - set(actual) - optional)
     extra = sorted(set(actual) - set(expected))
     if missing or extra:
         parts = [
@@ -251,7 +255,7 @@ def check_shapes(actual: dict[str, tuple], expected: dict[str, tuple], path: Pat
         ]
         raise CakfxError(f"{path}: weights do not fit the model ({'; '.join(p for p in parts if p)})")
     for name, shape in expected.items():
-        if tuple(actual[name]) != tuple(shape):
+        if name in actual and tuple(actual[name]) != tuple(shape):
             raise CakfxError(
                 f"{path}: tensor {name!r} has shape {tuple(actual[name])}, the model expects {tuple(shape)}"
             )

@@ -112,4 +112,20 @@ def register_effects(register):
         load_model=load_model,
         import_checkpoint=import_checkpoint,
         takes_device=True,
+        expected_shapes=_expected_shapes,
     )
+
+
+def _expected_shapes(stats: dict) -> dict[str, tuple[int, ...]]:
+    """The published ``processor`` state dict, tensor by tensor (checked on install and validate)."""
+    conv = {"conv1": (8, 1, 3, 3), "conv2": (16, 8, 5, 5), "conv3": (8, 16, 3, 3), "conv4": (1, 8, 1, 1)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in ("cak1", "cak2", "cak3"):
+        for name, shape in conv.items():
+            shapes[f"{layer}.pattern_detector.{name}.weight"] = shape
+            shapes[f"{layer}.pattern_detector.{name}.bias"] = (shape[0],)
+        shapes[f"{layer}.scale"] = (1,)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        shapes[f"output_norm.{name}"] = (1,)
+    shapes["output_norm.num_batches_tracked"] = ()
+    return shapes

@@ -125,7 +125,18 @@ def register_effects(register):
         import_checkpoint=import_checkpoint,
         takes_device=True,
         analyse=_analyse,
+        expected_shapes=_expected_shapes,
     )
+
+
+def _expected_shapes(stats: dict) -> dict[str, tuple[int, ...]]:
+    """What a texture weights file holds (checked on install and ``presets validate``)."""
+    return {
+        "detector_weight": (1, 1, 3, 3),
+        "detector_bias": (1,),
+        "scale": (1,),
+        "threshold?": (),
+    }
 
 
 def _analyse(weights_file, out_png):

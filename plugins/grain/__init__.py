@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from cakfx.errors import CakfxError
 from cakfx.hookspecs import hookimpl
 from cakfx.params import Param
+
+if TYPE_CHECKING:  # torch is imported when a model is built, not when the effect registers
+    import torch
 
 NAME = "cak.grain"
 DEFAULT_WEIGHTS = "cak-grain-default"
@@ -57,6 +59,8 @@ def import_checkpoint(checkpoint_path: Path, stats_path: Path | None = None):
 
     ``stats_path`` is ignored: the grain model normalises each window itself.
     """
+    import torch
+
     from cakfx.checkpoints import load_research_checkpoint
     from cakfx.plugins.grain.model import GrainProcessor
 

@@ -397,40 +397,17 @@ def run_batch(
     problems: list[tuple[Path, str]] = []
     pairs = plan(inputs, out_dir, out_format, problems)
     report = BatchReport()
+
+    def run(dry: bool) -> BatchReport:
+        return _run(pairs, problems, report, chain_factory, out_format, overwrite, dry, jobs, progress,
+                    on_result, buffer_size, start, executor)
+
     if dry_run:
-        return _run(
-            pairs,
-            problems,
-            report,
-            chain_factory,
-            out_format,
-            overwrite,
-            True,
-            jobs,
-            progress,
-            on_result,
-            buffer_size,
-            start,
-            executor,
-        )
+        return run(True)
     out_dir = check_output_dir(out_dir)
     with output_lock(out_dir):
         report.stale_removed = remove_stale_temp_files(out_dir)
-        return _run(
-            pairs,
-            problems,
-            report,
-            chain_factory,
-            out_format,
-            overwrite,
-            False,
-            jobs,
-            progress,
-            on_result,
-            buffer_size,
-            start,
-            executor,
-        )
+        return run(False)
 
 
 def _run(

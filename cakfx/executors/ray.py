@@ -47,6 +47,7 @@ from typing import Any, Callable
 import tomli_w
 
 from cakfx.errors import CakfxError
+from cakfx.paths import atomic_write_bytes
 
 #: the name workers show as (``ray::RayFileWorker`` in ``ps``)
 WORKER_CLASS = "RayFileWorker"
@@ -197,23 +198,6 @@ class _Worker:
 
 
 # ---- the driver -------------------------------------------------------------------------
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a hidden temporary file renamed into place."""
-    from cakfx.paths import as_new_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".cakfx-tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        as_new_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class RayExecutor:
@@ -409,7 +393,7 @@ class RayExecutor:
                     result, data = (value, None) if self.shared_storage else value
                     if data is not None:
                         try:
-                            write_bytes_atomic(Path(dst), data)
+                            atomic_write_bytes(Path(dst), data)
                         except OSError as exc:
                             result.status, result.reason = "failed", f"cannot write output ({exc.strerror})"
                     record(result)

@@ -368,15 +368,9 @@ def presets():
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def presets_list(as_json):
     """Bundled and user presets (user presets shadow bundled ones)."""
-    from cakfx.presets import list_presets, read_preset
+    from cakfx.presets import preset_rows
 
-    rows = []
-    for name, (path, source) in list_presets().items():
-        try:
-            description = read_preset(path).description
-        except CakfxError as exc:
-            description = f"(invalid: {exc})"
-        rows.append({"name": name, "source": source, "path": str(path), "description": description})
+    rows = preset_rows()
     if as_json:
         _echo_json(rows)
         return

@@ -58,7 +58,7 @@ class Param:
         elif t == "table":
             if not isinstance(value, dict):
                 raise ValueError(f"expected a table, got {_describe(value)}")
-            _check_finite(value, self.name)
+            check_finite_tree(value, self.name)
         if t in ("float", "int"):
             if self.min is not None and value < self.min:
                 raise ValueError(f"{value} is below the minimum {self.min}{self.range_text()}")
@@ -86,18 +86,23 @@ class Param:
         return out
 
 
-def _check_finite(value: Any, where: str, depth: int = 0) -> None:
-    """Tables (e.g. external plugin settings) hold no NaN/infinite numbers, and no deep nesting."""
-    if depth > 32:
-        raise ValueError("nested too deeply")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where}: expected a finite number, got {value!r}")
+def check_finite_tree(
+    value: Any, where: str, max_abs: float = math.inf, max_depth: int = 32, depth: int = 0
+) -> None:
+    """Nested tables and lists (external plugin settings, weights metadata) hold only finite
+    numbers within ``max_abs``, nested at most ``max_depth`` deep; else ``ValueError`` naming
+    the key path."""
+    if depth > max_depth:
+        raise ValueError(f"{where}: nested too deeply")
+    if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= max_abs):
+        limit = f" within ±{max_abs:g}" if math.isfinite(max_abs) else ""
+        raise ValueError(f"{where}: {value!r} is not a finite number{limit}")
     if isinstance(value, dict):
         for k, v in value.items():
-            _check_finite(v, f"{where}.{k}", depth + 1)
+            check_finite_tree(v, f"{where}.{k}", max_abs, max_depth, depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_finite(v, f"{where}[{i}]", depth + 1)
+            check_finite_tree(v, f"{where}[{i}]", max_abs, max_depth, depth + 1)
 
 
 def _describe(value: Any) -> str:

@@ -106,6 +106,22 @@ def list_presets() -> dict[str, tuple[Path, str]]:
     return dict(sorted(found.items()))
 
 
+def preset_rows() -> list[dict[str, str]]:
+    """One row per preset (``name``, ``source``, ``path``, ``description``), for listings.
+
+    A preset that does not read shows ``(invalid: reason)`` as its description, so one
+    malformed file never hides the others.
+    """
+    rows = []
+    for name, (path, source) in list_presets().items():
+        try:
+            description = read_preset(path).description
+        except CakfxError as exc:
+            description = f"(invalid: {exc})"
+        rows.append({"name": name, "source": source, "path": str(path), "description": description})
+    return rows
+
+
 def find_preset(ref: str | os.PathLike) -> tuple[Path, str]:
     """Locate a preset by path or name."""
     text = str(ref)

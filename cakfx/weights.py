@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cakfx.errors import CakfxError
+from cakfx.params import check_finite_tree
 from cakfx.paths import as_new_file, is_file, user_weights_dir
 
 if TYPE_CHECKING:  # torch is imported only where tensors are made, so listing stays fast
@@ -184,19 +185,6 @@ def check_values(arrays: dict[str, np.ndarray], path: Path) -> None:
                 raise CakfxError(f"{path}: tensor {name!r} holds values beyond ±{MAX_ABS_VALUE:g}")
 
 
-def _check_json(value: Any, where: str, depth: int = 0) -> None:
-    if depth > 16:
-        raise CakfxError(f"{where}: nested too deeply")
-    if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= MAX_ABS_VALUE):
-        raise CakfxError(f"{where}: {value!r} is not a finite number within ±{MAX_ABS_VALUE:g}")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _check_json(v, f"{where}.{k}", depth + 1)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_json(v, f"{where}[{i}]", depth + 1)
-
-
 def parse_metadata(meta: dict[str, str], path: Path, expect_kind: str | None = None) -> tuple[dict, dict]:
     """Check ``kind`` and ``format_version``; return the parsed (stats, training)."""
     kind = meta.get("kind", "")
@@ -217,7 +205,10 @@ def parse_metadata(meta: dict[str, str], path: Path, expect_kind: str | None = N
             raise CakfxError(f"{path}: bad JSON in weights metadata {key!r} ({exc})") from None
         if not isinstance(value, dict):
             raise CakfxError(f"{path}: weights metadata {key!r} must be a JSON object")
-        _check_json(value, f"{path}: {key}")
+        try:
+            check_finite_tree(value, f"{path}: {key}", MAX_ABS_VALUE, max_depth=16)
+        except ValueError as exc:
+            raise CakfxError(str(exc)) from None
         out.append(value)
     return out[0], out[1]
 

@@ -166,16 +166,10 @@ def create_app(studio: Studio, hosts: set[str] | None = None) -> Starlette:
 
     @_api
     def presets(request, body):
-        from cakfx.presets import list_presets, read_preset
+        from cakfx.presets import preset_rows
 
-        rows = []
-        for name, (path, source) in list_presets().items():
-            try:
-                description = read_preset(path).description
-            except CakfxError as exc:
-                description = f"(invalid: {exc})"
-            rows.append({"name": name, "source": source, "description": description})
-        return rows
+        # the page gets no paths: presets are chosen by name
+        return [{k: row[k] for k in ("name", "source", "description")} for row in preset_rows()]
 
     @_api
     def preset(request, body):

@@ -34,14 +34,14 @@ lint: $(VENV)/.dev
 
 demo: $(VENV)/.app
 	rm -rf demo-in
-	$(PY) -m cakfx.demo demo-in
+	$(PY) tools/demo.py demo-in
 	for p in $(DEMO_PRESETS); do $(VENV)/bin/cakfx process demo-in -p $$p -o demo-out/$$p --overwrite || exit 1; done
 	@echo
 	@echo "Demo input:   $(CURDIR)/demo-in"
 	@echo "Demo output:  $(CURDIR)/demo-out/<preset>/  (presets: $(DEMO_PRESETS))"
 
 docs: $(VENV)/.dev
-	$(PY) -m cakfx.docs README.md
+	$(PY) tools/docs.py README.md
 
 bench: $(VENV)/.dev
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -34,7 +34,7 @@ FRAMES = 256
 
 def asked_db(reference: Path, model) -> torch.Tensor:
     """The mel dB (re the chunk's max) the model asks for on the first 3 s."""
-    from cakfx import mel
+    from cakfx.dsp import mel
 
     io = np.load(reference / "grain" / "original_model_io.npz")
     db = mel.power_to_db(mel.mel_power(torch.from_numpy(io["input_chunk"]), SR))[:, :FRAMES]
@@ -46,7 +46,7 @@ def asked_db(reference: Path, model) -> torch.Tensor:
 
 def input_db(reference: Path) -> torch.Tensor:
     """The excerpt's mel dB re its max on the first 3 s (what the model saw)."""
-    from cakfx import mel
+    from cakfx.dsp import mel
 
     io = np.load(reference / "grain" / "original_model_io.npz")
     return mel.power_to_db(mel.mel_power(torch.from_numpy(io["input_chunk"]), SR))[:, :FRAMES]
@@ -54,7 +54,7 @@ def input_db(reference: Path) -> torch.Tensor:
 
 def mel_error(audio: np.ndarray, target_db: torch.Tensor, keep: torch.Tensor | None = None) -> float:
     """Mean |dB| error against ``target_db`` on bins within 60 dB of its peak (and in ``keep``)."""
-    from cakfx import mel
+    from cakfx.dsp import mel
 
     power = mel.mel_power(torch.as_tensor(np.asarray(audio, dtype=np.float32)), SR)[:, :FRAMES]
     diff = 10.0 * torch.log10(power.clamp_min(1e-10)) - target_db

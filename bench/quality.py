@@ -10,7 +10,7 @@ runs as root (``--no-install`` turns that off; missing files are then left
 out and listed). cakfx itself never downloads anything. The bundled weights
 were trained on ``hydrogen-drumkits`` with the ``VariBreaks`` kit held out, so
 only VariBreaks is used from that package. Synthetic edge cases are added: the
-demo drum loop and chord pad (``cakfx.demo``), 2 s of digital silence, and a
+demo drum loop and chord pad (``tools/demo.py``), 2 s of digital silence, and a
 96 kHz signal with content above 22.05 kHz. The one real >= 88.2 kHz file
 found in Debian's sound packages (freedesktop's camera-shutter.oga, 96 kHz
 Vorbis) holds nothing above 22 kHz (-76 dB of its energy), so the synthetic
@@ -69,12 +69,14 @@ import torch
 
 import cakfx
 from cakfx.audio import read_audio
-from cakfx.demo import SR as DEMO_SR
-from cakfx.demo import chord_pad, drum_loop
 from cakfx.dsp.loudness import clipped_samples, integrated_loudness, sample_peak_db, true_peak_db
 from cakfx.dsp.resample import resample
 from cakfx.measure import spectral_centroid, spectral_flatness
 from cakfx.presets import bundled_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ lives beside bench/, not in the wheel
+from tools.demo import SR as DEMO_SR  # noqa: E402
+from tools.demo import chord_pad, drum_loop  # noqa: E402
 
 HF_EDGE = 22050.0
 AUDIBLE_HZ = 20000.0  # noise lift and clicks are judged in the audible band
@@ -187,7 +189,7 @@ def load_corpus(seconds: float, install: bool) -> tuple[list[dict], list[str]]:
     synth.append(("96 kHz: music + 30 kHz tone + HF noise", "music", with_high_band(*base), 96000))
     for label, kind, audio, sr in synth:
         items.append({"label": label, "kind": kind, "audio": excerpt(audio, sr, 0, seconds), "sr": sr,
-                      "source": "synthetic (cakfx.demo / bench)", "licence": "-"})
+                      "source": "synthetic (tools/demo.py / bench)", "licence": "-"})
     return items, notes
 
 

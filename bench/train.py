@@ -22,17 +22,21 @@ and the batch-16 step is projected as (5 critic + 1 generator) x 16/4.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from cakfx.demo import SR, drum_loop
 from cakfx.device import resolve_device
 from cakfx.trainers.data import Item
 from cakfx.trainers.grain import GrainTrainer
 from cakfx.trainers.options import Options
 from cakfx.trainers.texture import TextureTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ lives beside bench/, not in the wheel
+from tools.demo import SR, drum_loop  # noqa: E402
 
 EPOCH_SAMPLES = 300  # 200 files: each once as identity, plus 100 low->high pairs
 

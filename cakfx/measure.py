@@ -27,8 +27,8 @@ import click
 import numpy as np
 import torch
 
-from cakfx import mel
-from cakfx.spectral import HOP, N_FFT
+from cakfx.dsp import mel
+from cakfx.dsp.stft import HOP, N_FFT
 
 AMIN = 1e-10
 BLOCK_FRAMES = 4096

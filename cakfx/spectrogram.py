@@ -9,8 +9,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from cakfx.dsp.stft import stft
 from cakfx.errors import CakfxError
-from cakfx.spectral import stft
 
 DPI = 100
 WIDTH_IN = 16.0

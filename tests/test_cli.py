@@ -162,7 +162,9 @@ def test_installed_wheel_works_from_any_directory(tmp_path):
 
     names = zipfile.ZipFile(wheel).namelist()
     assert "cakfx/plugins/pedalboard_bridge.py" in names and "cakfx/bundled_presets/demo.toml" in names
-    assert not any(n.startswith(("plugins/", "trainers/", "presets/", "weights/")) for n in names)
+    assert not any(n.startswith(("plugins/", "trainers/", "presets/", "weights/", "tools/")) for n in names)
+    assert "cakfx/demo.py" not in names and "cakfx/docs.py" not in names  # developer scripts stay out
+    assert "cakfx/dsp/mel.py" in names and "cakfx/dsp/stft.py" in names
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"

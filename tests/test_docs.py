@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cakfx.docs import current, effects_table
+from tools.docs import current, effects_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 import cakfx
-from cakfx import mel
+from cakfx.dsp import mel
 from cakfx.errors import CakfxError
 from cakfx.plugins.grain import import_checkpoint
 from cakfx.plugins.grain import node as grain_node
@@ -338,7 +338,7 @@ def click_figure(y: np.ndarray) -> float:
 
 
 def test_a_slow_pad_gets_no_click_and_keeps_its_level():
-    from cakfx.demo import chord_pad
+    from tools.demo import chord_pad
 
     x = chord_pad()  # 0.5 s attack and release: corners at 0.5 s and 3.5 s used to click
     out = grain("cak-grain-default", grain=1.5)(x, SR)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy import signal
 
-from cakfx import demo
 from cakfx.dsp.level import LevelStage, limiter_latency
 from cakfx.dsp.loudness import integrated_loudness, sample_peak_db, true_peak_db
+from tools import demo
 
 SR = 44100
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cakfx import mel
-from cakfx.spectral import istft, stft
+from cakfx.dsp import mel
+from cakfx.dsp.stft import istft, stft
 from tests.signals import drums, tone
 
 librosa = pytest.importorskip("librosa")

@@ -1,6 +1,6 @@
 """Every bundled preset is voiced: level-neutral within 3 LU, sample peak at most -0.3 dBFS.
 
-The material is the demo's (``cakfx.demo``): a drum loop, a chord pad and both
+The material is the demo's (``tools/demo.py``): a drum loop, a chord pad and both
 mixed, at their own levels; a copy of the mix normalised to -0.1 dBFS checks
 that nothing ships an over (its loudness is not asked to stay put: limiting a
 hot input is the ceiling's job). The full measurement over a real corpus is
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import cakfx
-from cakfx.demo import SR, chord_pad, drum_loop
 from cakfx.dsp.loudness import integrated_loudness, sample_peak_db
+from tools.demo import SR, chord_pad, drum_loop
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -25,9 +25,9 @@ from safetensors.torch import load_file, save_file
 
 from cakfx.audio import is_audio_path, read_audio, walk_files
 from cakfx.dsp.resample import resample
+from cakfx.dsp.stft import MODEL_SR
 from cakfx.errors import CakfxError
 from cakfx.paths import cakfx_home
-from cakfx.spectral import MODEL_SR
 from cakfx.weights import sha256_file
 
 

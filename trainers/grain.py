@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cakfx.mel import N_MELS, mel_power, normalise_window, power_to_db
+from cakfx.dsp.mel import N_MELS, mel_power, normalise_window, power_to_db
+from cakfx.dsp.stft import HOP, MODEL_SR, N_FFT
 from cakfx.plugins.grain.model import GrainProcessor
-from cakfx.spectral import HOP, MODEL_SR, N_FFT
 from cakfx.trainers.base import Trainer
 from cakfx.trainers.data import Item, low_high_pairs, to_model_mono
 from cakfx.trainers.networks import realism_net

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cakfx.dsp.stft import HOP, MODEL_SR, N_FFT, stft
 from cakfx.plugins.texture.dsp import ALPHA, GAMMA, compress
 from cakfx.plugins.texture.model import TEMPERATURE, TextureCAK
-from cakfx.spectral import HOP, MODEL_SR, N_FFT, stft
 from cakfx.trainers.base import Trainer
 from cakfx.trainers.data import Item, low_high_pairs, to_model_mono
 from cakfx.trainers.networks import realism_net

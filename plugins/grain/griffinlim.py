@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from cakfx import mel
-from cakfx.spectral import MODEL_SR, istft, stft
+from cakfx.dsp import mel
+from cakfx.dsp.stft import MODEL_SR, istft, stft
 
 CHUNK_SECONDS = 3.0
 CROSSFADE_SECONDS = 0.5

@@ -6,7 +6,7 @@ unchanged, ``cakfx.dsp.resample.band_split``):
 
 1. One centred STFT frame grid (n_fft 2048, hop 512) from the signal's first
    sample, the signal taken as followed by silence; mel power through the
-   Slaney filterbank (``cakfx.mel``), two weights per bin (``BandedFilterbank``).
+   Slaney filterbank (``cakfx.dsp.mel``), two weights per bin (``BandedFilterbank``).
 2. Analysis windows of 3 s as the original's chunks: 259 frames (a centred
    STFT of 3 s has 1 + 132300 // 512 frames), one every 216 frames (2.5 s),
    from frame 0, until the signal is covered (the last one reaches into the
@@ -56,14 +56,14 @@ from collections import deque
 import numpy as np
 import torch
 
-from cakfx import mel
 from cakfx.device import resolve_device
+from cakfx.dsp import mel
 from cakfx.dsp.level import LevelStage
 from cakfx.dsp.resample import HighBand, StreamResampler, band_split, resample
+from cakfx.dsp.stft import HOP, MODEL_SR, N_FFT
 from cakfx.dsp.threads import parallel_map
 from cakfx.errors import CakfxError
 from cakfx.node import EffectNode
-from cakfx.spectral import HOP, MODEL_SR, N_FFT
 
 WINDOW_FRAMES = 1 + 3 * MODEL_SR // HOP  # 259 frames: 3 s, the original's chunk
 WINDOW_HOP = 216  # 2.5 s -> 43 frames (0.5 s) of crossfade between neighbouring windows

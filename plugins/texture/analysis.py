@@ -36,7 +36,7 @@ def test_signals(seconds: float = 2.0, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def average_spectrum_db(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from cakfx.spectral import stft
+    from cakfx.dsp.stft import stft
 
     power = stft(torch.from_numpy(x)).abs().pow(2).mean(dim=(0, -1)).numpy()
     return np.fft.rfftfreq(2048, 1 / SR), 10 * np.log10(np.maximum(power, 1e-20))

@@ -1,4 +1,4 @@
-"""Render a short demo input folder: ``python -m cakfx.demo DIR``.
+"""Render a short demo input folder: ``python tools/demo.py DIR``.
 
 Two files a sound designer would reach for: a drum loop (transients, for the
 texture effect) and a stereo chord pad (sustained, for the grain effect).

@@ -1,6 +1,6 @@
 """The README's effect table, generated from the registry.
 
-``python -m cakfx.docs README.md`` rewrites the part between the markers;
+``python tools/docs.py README.md`` rewrites the part between the markers;
 a test fails when the committed table is stale.
 """
 

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import torch
 
-from cakfx.spectral import HOP, N_FFT, hann, stft
+from cakfx.dsp.stft import HOP, N_FFT, hann, stft
 
 N_MELS = 128
 AMIN = 1e-10

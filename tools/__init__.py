@@ -1,0 +1,1 @@
+"""Developer scripts (demo material, README generation): in the repository, not in the wheel."""

@@ -13,8 +13,8 @@ from cakfx.errors import CakfxError
 from cakfx.paths import user_weights_dir
 from cakfx.plugins.texture import dsp
 from cakfx.plugins.texture.checkpoint import import_checkpoint, model_from_tensors
-from cakfx.plugins.texture.model import TextureCAK
-from cakfx.plugins.texture.node import TextureNode, _conv3x3
+from cakfx.plugins.texture.model import TextureCAK, conv3x3
+from cakfx.plugins.texture.node import TextureNode
 from cakfx.registry import effects
 from cakfx.weights import save_weights
 from tests.signals import drums, tone
@@ -95,11 +95,31 @@ def test_fast_kernel_equals_model_forward():
         kernel, bias = model.effective_kernel(amount)
         # the node's layout: (channels, frames + 2 context, bins), zero context at the edges
         frames_first = torch.nn.functional.pad(n[:, 0].transpose(1, 2), (0, 0, 1, 1))
-        got = _conv3x3(frames_first, kernel.tolist(), bias).transpose(1, 2)
+        got = conv3x3(frames_first, kernel.tolist(), bias).transpose(1, 2)
         assert torch.allclose(got, expected[:, 0], atol=1e-6)
     # forward equals conv2d with zero padding (the published layer)
     conv = torch.nn.functional.conv2d(n, model.detector_weight, model.detector_bias, padding=1)
     assert torch.allclose(model.detect(n), conv, atol=1e-6)
+
+
+def test_training_and_inference_run_one_kernel_with_the_published_gradients():
+    """Training's ``detect`` is ``conv3x3`` with tensors: its gradients are conv2d's (the published layer)."""
+    model = model_from_tensors(synthetic_tensors())
+    n = torch.rand(3, 1, 64, 20, dtype=torch.float64)
+    weight = model.detector_weight.detach().double().requires_grad_()
+    bias = model.detector_bias.detach().double().requires_grad_()
+    upstream = torch.randn(3, 1, 64, 20, dtype=torch.float64)
+    (torch.nn.functional.conv2d(n, weight, bias, padding=1) * upstream).sum().backward()
+    ref_w, ref_b = weight.grad.clone(), bias.grad.clone()
+    model = model.double()
+    (model.detect(n) * upstream).sum().backward()
+    assert torch.allclose(model.detector_weight.grad, ref_w, atol=1e-9)
+    assert torch.allclose(model.detector_bias.grad, ref_b, atol=1e-9)
+    # the same function with numbers (the node's path) gives the same response
+    frames = torch.nn.functional.pad(n[:, 0], (1, 1)).transpose(-1, -2)
+    w = model.detector_weight.detach().reshape(3, 3).tolist()
+    got = conv3x3(frames, w, float(model.detector_bias.detach())).transpose(-1, -2)
+    assert torch.allclose(got, model.detect(n)[:, 0].detach(), atol=1e-12)
 
 
 def test_gate_closes_below_the_threshold():

@@ -183,6 +183,15 @@ def overlap_add(spec: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> tuple
     return signal.reshape(*lead, -1), norm.reshape(-1)
 
 
+def bin_weights(fb: torch.Tensor) -> torch.Tensor:
+    """``fb`` with each bin's weights over the bands normalised to sum to one (bins in no band: 0).
+
+    ``bin_weights(fb).T @ per_band`` gives every bin the weighted mean of its bands' values:
+    how a per-band gain (grain's mask) or power (its Griffin-Lim start) spreads to the bins.
+    """
+    return fb / fb.sum(0, keepdim=True).clamp_min(1e-12)
+
+
 class BandedFilterbank:
     """A mel filterbank ``fb`` (``(n_mels, bins)``) kept as its two non-zero weights per bin.
 
@@ -190,9 +199,7 @@ class BandedFilterbank:
     weights, in neighbouring bands; ``mel`` and ``spread`` then cost two
     multiply-adds per bin instead of a dense ``n_mels x bins`` matmul.
 
-    ``mel(power)`` is ``fb @ power``; ``spread(per_band)`` is ``S @ per_band``
-    with ``S = (fb / fb.sum(0)).T``, each bin's weights normalised to sum to one
-    (bins in no band get zero).
+    ``mel(power)`` is ``fb @ power``; ``spread(per_band)`` is ``bin_weights(fb).T @ per_band``.
     """
 
     def __init__(self, fb: torch.Tensor) -> None:
@@ -213,10 +220,11 @@ class BandedFilterbank:
         with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is all we use
             warnings.simplefilter("ignore", UserWarning)
             self.csr = fb.to_sparse_csr()
-        total = (w_low + w_high).clamp_min(1e-12)
         self.low, self.high = low, high
         self.w_low, self.w_high = w_low[:, None], w_high[:, None]
-        self.s_low, self.s_high = (w_low / total)[:, None], (w_high / total)[:, None]
+        spread = bin_weights(fb)
+        self.s_low = spread.gather(0, low[None])[0][:, None]
+        self.s_high = torch.where(high > low, spread.gather(0, high[None])[0], 0.0)[:, None]
 
     def mel(self, power: torch.Tensor) -> torch.Tensor:
         """``fb @ power``: ``(..., bins, frames)`` -> ``(..., n_mels, frames)`` (a sparse matmul:

@@ -34,8 +34,7 @@ def mel_to_linear(target: torch.Tensor, fb: torch.Tensor, steps: int = NNLS_STEP
     ``X *= fb^T target / fb^T fb X``, from the target spread over the bins.
     """
     tiny = torch.finfo(target.dtype).tiny
-    spread = (fb / fb.sum(0, keepdim=True).clamp_min(1e-12)).T
-    x = spread @ target
+    x = mel.bin_weights(fb).T @ target
     numerator = fb.T @ target
     for _ in range(steps):
         x = x * numerator / (fb.T @ (fb @ x)).clamp_min(tiny)

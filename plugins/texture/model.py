@@ -7,7 +7,9 @@ Conditioning-Aware Kernel (CAK)::
     out  = n + p * t * scale * gate        # t = the control ("amount")
 
 ``n`` is the normalised STFT magnitude ``(B, 1, freq, time)``. The kernel is
-applied as nine shifted multiply-adds: a 1-channel ``conv2d`` is ~9x slower on CPU.
+applied as nine shifted multiply-adds (``conv3x3``): a 1-channel ``conv2d`` is ~9x slower
+on CPU. Training (``detect``, ``forward``) and the effect node (``effective_kernel`` then
+``conv3x3``) run the same function.
 """
 
 from __future__ import annotations
@@ -39,16 +41,11 @@ class TextureCAK(nn.Module):
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def detect(self, n: torch.Tensor) -> torch.Tensor:
-        """The 3x3 pattern detector ``p = conv3x3(n) + bias`` as nine shifted multiply-adds."""
-        rows, cols = n.shape[-2:]
-        padded = F.pad(n, (1, 1, 1, 1))
+        """The 3x3 pattern detector ``p = conv3x3(n) + bias`` on ``(..., F, T)``, zero padded."""
+        # zero context frames, then a frames-first view: conv3x3's layout, no copy
+        frames = F.pad(n, (1, 1)).transpose(-1, -2)
         w = self.detector_weight.reshape(3, 3).to(n.dtype)
-        p = self.detector_bias.to(n.dtype) + w[0, 0] * padded[..., 0:rows, 0:cols]
-        for i in range(3):
-            for j in range(3):
-                if i or j:
-                    p = p + w[i, j] * padded[..., i : i + rows, j : j + cols]
-        return p
+        return conv3x3(frames, w, self.detector_bias.to(n.dtype)).transpose(-1, -2)
 
     def gate(self, amount: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid((amount - self.threshold) * self.temperature)
@@ -71,3 +68,32 @@ class TextureCAK(nn.Module):
         t = amount.to(n.dtype).reshape(-1, 1, 1, 1)
         p = self.detect(n)
         return n + p * t * self.scale.to(n.dtype) * self.gate(t)
+
+
+def conv3x3(n: torch.Tensor, kernel, bias) -> torch.Tensor:
+    """``out[..., t, f] = bias + sum_ij kernel[i][j] * n[..., t + j, f + i - 1]``, zero padding over bins.
+
+    The texture layer's 3x3 kernel, for training and inference alike. ``n`` is
+    ``(..., T + 2, F)``: frames first with one context frame each side (the caller pads
+    them); returns ``(..., T, F)``. ``kernel[i][j]`` indexes (frequency, time) like the
+    ``(1, 1, 3, 3)`` detector weight. Numbers (the node's ``effective_kernel(...).tolist()``)
+    are fused multiply-adds in place; tensors (training) keep the graph for autograd.
+    """
+    frames = n.shape[-2] - 2
+    out = n[..., 1 : 1 + frames, :].mul(kernel[1][1]).add_(bias)
+    for i in range(3):
+        for j in range(3):
+            if (i, j) == (1, 1):
+                continue
+            rows, k = n[..., j : j + frames, :], kernel[i][j]
+            if i == 0:  # neighbour one bin below
+                dst, src = out[..., 1:], rows[..., :-1]
+            elif i == 1:
+                dst, src = out, rows
+            else:
+                dst, src = out[..., :-1], rows[..., 1:]
+            if isinstance(k, torch.Tensor):
+                dst.add_(src * k)
+            else:
+                dst.add_(src, alpha=k)
+    return out

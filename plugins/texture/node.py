@@ -40,15 +40,13 @@ from collections import deque
 import numpy as np
 import torch
 
+from cakfx.dsp.stft import HOP, MODEL_SR, N_FFT, hann
 from cakfx.dsp.threads import parallel_map, serial_torch_ops
 from cakfx.errors import CakfxError
 from cakfx.node import EffectNode
 from cakfx.plugins.texture import dsp
-from cakfx.plugins.texture.model import TextureCAK
+from cakfx.plugins.texture.model import TextureCAK, conv3x3
 
-MODEL_SR = 44100
-N_FFT = 2048
-HOP = 512
 PIECES = N_FFT // HOP  # frames overlapping each hop-sized chunk of output
 BINS = N_FFT // 2 + 1
 FIRST_CHUNK = (N_FFT // 2) // HOP  # output chunk m covers signal [m*HOP - N_FFT//2, (m+1)*HOP - N_FFT//2)
@@ -254,7 +252,7 @@ class TextureNode(EffectNode):
         missing = max(0, -f0)  # frames before the grid's frame 0: zero padding for the kernel
         if missing:
             n[:, :missing] = 0
-        new_mag = _conv3x3(n, kernel, bias)  # frames f0+1 .. f1-1
+        new_mag = conv3x3(n, kernel, bias)  # frames f0+1 .. f1-1
         del n
         dsp.denormalise(new_mag, self.low, self.high, self.alpha, self.gamma, inplace=True)
         any_silent = float(mag.amin()) == 0.0
@@ -439,28 +437,6 @@ def _segment(src: torch.Tensor, origin: int, f0: int, f1: int, device: torch.dev
     return seg
 
 
-def _conv3x3(n: torch.Tensor, kernel: list, bias: float) -> torch.Tensor:
-    """``out[t, f] = bias + sum_ij kernel[i][j] * n[t + j, f + i - 1]`` with zero padding over bins.
-
-    ``n`` is ``(C, T + 2, F)`` (one context frame each side); returns ``(C, T, F)``. ``kernel[i][j]``
-    indexes (frequency, time) like the model's ``(1, 1, 3, 3)`` detector weight.
-    """
-    frames = n.shape[1] - 2
-    out = n[:, 1 : 1 + frames].mul(kernel[1][1]).add_(bias)
-    for i in range(3):
-        for j in range(3):
-            if (i, j) == (1, 1):
-                continue
-            rows = n[:, j : j + frames]
-            if i == 0:  # neighbour one bin below
-                out[..., 1:].add_(rows[..., :-1], alpha=kernel[i][j])
-            elif i == 1:
-                out.add_(rows, alpha=kernel[i][j])
-            else:
-                out[..., :-1].add_(rows[..., 1:], alpha=kernel[i][j])
-    return out
-
-
 _window_cache: dict = {}
 
 
@@ -473,7 +449,7 @@ def _windows(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     """
     key = str(device)
     if key not in _window_cache:
-        w = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64)
+        w = hann(N_FFT, dtype=torch.float64)
         sq = (w * w).reshape(PIECES, HOP)
         full = sq.sum(0)
         synthesis = w / full.repeat(PIECES)

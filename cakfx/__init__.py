@@ -22,6 +22,7 @@ from cakfx.errors import CakfxError
 if TYPE_CHECKING:
     from cakfx.batch import FileResult
     from cakfx.chain import Chain
+    from cakfx.neural import NeuralEffect, NeuralNode
     from cakfx.node import EffectNode
     from cakfx.params import Param
     from cakfx.registry import create_effect
@@ -40,6 +41,8 @@ _LAZY = {
     "hookimpl": "cakfx.hookspecs",
     "FileResult": "cakfx.batch",
     "train": "cakfx.training",
+    "NeuralEffect": "cakfx.neural",
+    "NeuralNode": "cakfx.neural",
 }
 
 
@@ -93,6 +96,8 @@ __all__ = [
     "Chain",
     "EffectNode",
     "FileResult",
+    "NeuralEffect",
+    "NeuralNode",
     "Param",
     "create_effect",
     "hookimpl",

@@ -15,6 +15,12 @@ class CakfxError(ValueError):
     """A user-facing error: the message says what is wrong and where."""
 
 
+class CakfxTypeError(CakfxError, TypeError):
+    """A value of the wrong type (``node.amount = "loud"``): a ``TypeError`` where pedalboard
+    raises one, and still a ``CakfxError`` (so a ``ValueError``): one ``except`` catches every
+    bad value."""
+
+
 def describe_exception(exc: BaseException) -> str:
     """One line saying what went wrong: the message of a ``CakfxError``, the OS's words
     for an OS error ("no space left on device", "file name too long"), else the

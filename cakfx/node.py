@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any, ClassVar
+
 import numpy as np
 
-from cakfx.errors import CakfxError
+from cakfx.errors import CakfxError, CakfxTypeError
+from cakfx.params import Param
 
 
 def to_channels_first(audio: np.ndarray, channels: int | None = None) -> tuple[np.ndarray, str]:
@@ -39,6 +43,43 @@ def from_channels_first(audio: np.ndarray, layout: str, dtype) -> np.ndarray:
     elif layout == "channels_last":
         audio = audio.T
     return np.ascontiguousarray(audio, dtype=dtype)
+
+
+class Setting:
+    """A node's parameter as a validated property: ``node.amount = 0.7`` checks the value against
+    its ``Param`` (type, range, choices) at assignment, like a pedalboard plugin's setter.
+
+    A wrong type raises ``CakfxTypeError`` (a ``TypeError``), a value out of range ``CakfxError``
+    (a ``ValueError``); the message names the effect and the parameter.
+    """
+
+    def __init__(self, param: Param) -> None:
+        self.param = param
+        self.__doc__ = param.help
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, node: Any, owner: type | None = None) -> Any:
+        if node is None:
+            return self
+        return node.__dict__.get(self.param.name, self.param.default)
+
+    def __set__(self, node: Any, value: Any) -> None:
+        try:
+            value = self.param.check(value)
+        except CakfxTypeError as exc:
+            raise CakfxTypeError(f"{node.name}: {self.param.name}: {exc}") from None
+        except ValueError as exc:
+            raise CakfxError(f"{node.name}: {self.param.name}: {exc}") from None
+        node.__dict__[self.param.name] = value
+
+
+def show_value(value: Any) -> str:
+    """A setting as reprs show it: numbers short (``0.7``, ``-1``), everything else as ``repr``."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value)
 
 
 class EffectNode:
@@ -97,10 +138,34 @@ class EffectNode:
     with state or latency also implement ``stream_channels``,
     ``latency_samples`` and ``reset``. A stateless node with no latency needs
     only ``process_channels``: by default ``stream_channels`` calls it.
+
+    **Parameters** (``params``, a sequence of ``cakfx.Param``): each becomes a validated
+    property of the node (``Setting``), is listed by ``node.parameters`` and shown in the
+    repr, as pedalboard's plugins do::
+
+        >>> import cakfx
+        >>> class Gain(cakfx.EffectNode):
+        ...     name = "example.gain"
+        ...     params = (cakfx.Param("gain", "float", 1.0, "linear gain", 0.0, 4.0),)
+        ...     def __init__(self, gain=1.0):
+        ...         self.gain = gain
+        ...     def process_channels(self, audio, sample_rate):
+        ...         return audio * self.gain
+        >>> node = Gain(0.5)
+        >>> node
+        <cakfx.Gain gain=0.5>
+        >>> node.gain = 5
+        Traceback (most recent call last):
+        ...
+        cakfx.errors.CakfxError: example.gain: gain: 5.0 is above the maximum 4.0 (range 0 … 4)
+        >>> list(node.parameters)
+        ['gain']
     """
 
     #: registered effect name, e.g. ``"cak.texture"``
     name = "effect"
+    #: the node's parameters, declared once: validated properties, ``parameters`` and the repr
+    params: ClassVar[tuple[Param, ...]] = ()
     # the (sample_rate, channels) of the current stream; None before the first call
     _stream_format: tuple[float, int] | None = None
     _last_sample_rate: float | None = None
@@ -197,5 +262,30 @@ class EffectNode:
     def forget_measure(self) -> None:
         """Drop a fixed measurement: streaming goes back to the live running estimate."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "params" in cls.__dict__:
+            cls._install_settings()
+
+    @classmethod
+    def _install_settings(cls) -> None:
+        """Make every declared parameter a validated property of ``cls``."""
+        for param in cls.params:
+            # a property the class defines itself (e.g. a read-only ``weights``) stays as it is
+            if not isinstance(inspect.getattr_static(cls, param.name, None), property):
+                setting = Setting(param)
+                setting.__set_name__(cls, param.name)
+                setattr(cls, param.name, setting)
+
+    @property
+    def parameters(self) -> dict[str, Param]:
+        """The node's parameters by name: type, default, range or choices, help (read-only)."""
+        return {p.name: p for p in self.params}
+
     def __repr__(self) -> str:
-        return f"<cakfx {self.name}>"
+        if not self.params:
+            return f"<cakfx {self.name}>"
+        settings = " ".join(f"{p.name}={show_value(getattr(self, p.name))}" for p in self.params)
+        device = getattr(self, "device", None)
+        where = f" device={str(device)!r}" if device is not None else ""
+        return f"<cakfx.{type(self).__name__} {settings}{where}>"

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from cakfx.errors import CakfxTypeError
+
 TYPES = ("float", "int", "bool", "str", "choice", "weights", "path", "table")
 
 
@@ -28,11 +30,12 @@ class Param:
     required: bool = False
 
     def check(self, value: Any) -> Any:
-        """Return ``value`` converted to this parameter's type, or raise ``ValueError``."""
+        """Return ``value`` converted to this parameter's type, or raise ``ValueError``
+        (``CakfxTypeError``, also a ``TypeError``, for a value of the wrong type)."""
         t = self.type
         if t == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"expected a number, got {_describe(value)}")
+                raise CakfxTypeError(f"expected a number, got {_describe(value)}")
             try:
                 value = float(value)
             except OverflowError:  # an integer too large for a float
@@ -44,20 +47,20 @@ class Param:
                 if isinstance(value, float) and value.is_integer():
                     value = int(value)
                 else:
-                    raise ValueError(f"expected an integer, got {_describe(value)}")
+                    raise CakfxTypeError(f"expected an integer, got {_describe(value)}")
         elif t == "bool":
             if not isinstance(value, bool):
-                raise ValueError(f"expected true or false, got {_describe(value)}")
+                raise CakfxTypeError(f"expected true or false, got {_describe(value)}")
         elif t in ("str", "weights", "path"):
             if not isinstance(value, str):
-                raise ValueError(f"expected a string, got {_describe(value)}")
+                raise CakfxTypeError(f"expected a string, got {_describe(value)}")
         elif t == "choice":
             if value not in self.choices:
                 options = ", ".join(repr(c) for c in self.choices)
                 raise ValueError(f"expected one of {options}, got {_describe(value)}")
         elif t == "table":
             if not isinstance(value, dict):
-                raise ValueError(f"expected a table, got {_describe(value)}")
+                raise CakfxTypeError(f"expected a table, got {_describe(value)}")
             check_finite_tree(value, self.name)
         if t in ("float", "int"):
             if self.min is not None and value < self.min:

@@ -111,7 +111,10 @@ def test_registration_and_parameter_checks(random_weights):
     with pytest.raises(CakfxError, match="level"):
         grain(random_weights, level="loud")
     node = grain(random_weights, grain=0.5, level="original", ceiling_db=-3)
-    assert repr(node) == "<cakfx cak.grain grain=0.5 reconstruction=phase level=original ceiling_db=-3>"
+    assert repr(node) == (
+        "<cakfx.GrainNode grain=0.5 weights='random-grain' reconstruction='phase' "
+        "level='original' ceiling_db=-3 device='cpu'>"
+    )
     with pytest.raises(CakfxError, match="unknown weights 'nope'"):
         grain("nope")
 

@@ -87,7 +87,9 @@ def test_a_plugin_raising_in_register_effects_is_reported_and_skipped(capfd):
         refresh()
 
 
-@pytest.mark.parametrize("module", ["cakfx", "cakfx.registry", "cakfx.batch", "cakfx.presets"])
+@pytest.mark.parametrize(
+    "module", ["cakfx", "cakfx.registry", "cakfx.batch", "cakfx.presets", "cakfx.neural"]
+)
 def test_docstring_examples_run(module):
     import doctest
     import importlib

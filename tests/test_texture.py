@@ -201,7 +201,7 @@ def test_original_level_is_the_published_rms_match_and_soft_clip():
 
 
 def test_bad_level_mode_is_one_clear_error():
-    with pytest.raises(CakfxError, match="level must be one of match, original, off"):
+    with pytest.raises(CakfxError, match="level: expected one of 'match', 'original', 'off'"):
         make_node(level="loud")
     with pytest.raises(CakfxError, match="level"):
         cakfx.create_effect("cak.texture", level="loud")

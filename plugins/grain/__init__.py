@@ -7,25 +7,11 @@ from typing import TYPE_CHECKING
 
 from cakfx.errors import CakfxError
 from cakfx.hookspecs import hookimpl
+from cakfx.neural import NeuralEffect
 from cakfx.params import Param
 
 if TYPE_CHECKING:  # torch is imported when a model is built, not when the effect registers
     import torch
-
-NAME = "cak.grain"
-DEFAULT_WEIGHTS = "cak-grain-default"
-
-PARAMS = [
-    Param("grain", "float", 1.0, "grain control: positive brightens and flattens the spectrum (trained "
-          "range 0…1.5), negative darkens it (extrapolation), 0 is bypass", min=-3.0, max=3.0),
-    Param("weights", "weights", DEFAULT_WEIGHTS, "grain model weights (a name or a .safetensors path)"),
-    Param("reconstruction", "choice", "phase", "'phase': gain mask on the original STFT (fast, keeps "
-          "the phase); 'griffinlim': the original's Griffin-Lim (slow)", choices=("phase", "griffinlim")),
-    Param("level", "choice", "match", "output level: 'match' the input's integrated loudness (a limiter "
-          "only where peaks would pass ceiling_db), 'original' (the original's RMS match and peak scaling "
-          "to 0.95), 'off'", choices=("match", "original", "off")),
-    Param("ceiling_db", "float", -1.0, "true-peak ceiling of level='match' (dBTP)", min=-24.0, max=0.0),
-]
 
 SUMMARY = "Neural grain processor: brightens and flattens (grain > 0) or darkens (grain < 0) the spectrum"
 DESCRIPTION = (
@@ -85,41 +71,6 @@ def import_checkpoint(checkpoint_path: Path, stats_path: Path | None = None):
     return tensors, {}, training
 
 
-def make_grain(grain: float = 1.0, weights: str = DEFAULT_WEIGHTS, reconstruction: str = "phase",
-               level: str = "match", ceiling_db: float = -1.0, device=None):
-    """Factory for ``cak.grain``: loads ``weights`` and builds a ``GrainNode``."""
-    from cakfx.device import resolve_device
-    from cakfx.plugins.grain.node import GrainNode
-    from cakfx.weights import load_weights, resolve_weights
-
-    device = resolve_device(device)
-    try:
-        path = resolve_weights(weights)
-    except CakfxError as exc:
-        if weights != DEFAULT_WEIGHTS:
-            raise
-        hint = f"import the published model: cakfx weights import final_true_cak.pt --kind grain -n {weights}"
-        raise CakfxError(f"{exc}; {hint}") from None
-    model = load_model(load_weights(path, expect_kind=NAME), device)
-    return GrainNode(model, grain=grain, reconstruction=reconstruction, level=level, ceiling_db=ceiling_db,
-                     device=device)
-
-
-@hookimpl
-def register_effects(register):
-    register(
-        NAME,
-        make_grain,
-        PARAMS,
-        summary=SUMMARY,
-        description=DESCRIPTION,
-        load_model=load_model,
-        import_checkpoint=import_checkpoint,
-        takes_device=True,
-        expected_shapes=_expected_shapes,
-    )
-
-
 def _expected_shapes(stats: dict) -> dict[str, tuple[int, ...]]:
     """The published ``processor`` state dict, tensor by tensor (checked on install and validate)."""
     conv = {"conv1": (8, 1, 3, 3), "conv2": (16, 8, 5, 5), "conv3": (8, 16, 3, 3), "conv4": (1, 8, 1, 1)}
@@ -133,3 +84,36 @@ def _expected_shapes(stats: dict) -> dict[str, tuple[int, ...]]:
         shapes[f"output_norm.{name}"] = (1,)
     shapes["output_norm.num_batches_tracked"] = ()
     return shapes
+
+
+EFFECT = NeuralEffect(
+    "cak.grain",
+    default_weights="cak-grain-default",
+    params=[
+        Param("grain", "float", 1.0, "grain control: positive brightens and flattens the spectrum (trained "
+              "range 0…1.5), negative darkens it (extrapolation), 0 is bypass", min=-3.0, max=3.0),
+        Param("reconstruction", "choice", "phase", "'phase': gain mask on the original STFT (fast, keeps "
+              "the phase); 'griffinlim': the original's Griffin-Lim (slow)", choices=("phase", "griffinlim")),
+        Param("level", "choice", "match", "output level: 'match' the input's integrated loudness (a limiter "
+              "only where peaks would pass ceiling_db), 'original' (the original's RMS match and peak "
+              "scaling to 0.95), 'off'", choices=("match", "original", "off")),
+        Param("ceiling_db", "float", -1.0, "true-peak ceiling of level='match' (dBTP)", min=-24.0, max=0.0),
+    ],
+    weights_help="grain model weights (a name or a .safetensors path)",
+    node="cakfx.plugins.grain.node:GrainNode",
+    load_model=load_model,
+    summary=SUMMARY,
+    description=DESCRIPTION,
+    missing_hint="import the published model: cakfx weights import final_true_cak.pt --kind grain "
+    "-n cak-grain-default",
+    import_checkpoint=import_checkpoint,
+    expected_shapes=_expected_shapes,
+)
+
+
+@hookimpl
+def register_effects(register):
+    EFFECT.register(register)
+
+
+__all__ = ["EFFECT", "import_checkpoint", "load_model"]

@@ -63,7 +63,8 @@ from cakfx.dsp.resample import HighBand, StreamResampler, band_split, resample
 from cakfx.dsp.stft import HOP, MODEL_SR, N_FFT
 from cakfx.dsp.threads import parallel_map
 from cakfx.errors import CakfxError
-from cakfx.node import EffectNode
+from cakfx.neural import NeuralNode
+from cakfx.plugins.grain import EFFECT
 
 WINDOW_FRAMES = 1 + 3 * MODEL_SR // HOP  # 259 frames: 3 s, the original's chunk
 WINDOW_HOP = 216  # 2.5 s -> 43 frames (0.5 s) of crossfade between neighbouring windows
@@ -423,14 +424,18 @@ class GrainEngine:
             self.x0 = keep_x
 
 
-class GrainNode(EffectNode):
+class GrainNode(NeuralNode):
     """The CAK grain processor: ``grain`` > 0 brightens and flattens the spectrum, < 0 darkens, 0 bypasses.
 
     Streams (``reset=False``) with a latency of ``latency_samples(sr)`` (about
-    3.9 s at 44.1 kHz: the 3 s analysis windows): not for live use.
+    3.9 s at 44.1 kHz: the 3 s analysis windows): not for live use. The parameters
+    (``grain``, ``reconstruction``, ``level``, ``ceiling_db``) are validated properties declared
+    once in ``cakfx.plugins.grain.EFFECT``; a change applies from the next call.
     """
 
-    name = "cak.grain"
+    effect = EFFECT
+    _stage: LevelStage | None = None
+    _stage_key: tuple | None = None
 
     def __init__(self, model: torch.nn.Module, grain: float = 1.0, reconstruction: str = "phase",
                  level: str = "match", ceiling_db: float = -1.0, device=None) -> None:
@@ -438,21 +443,19 @@ class GrainNode(EffectNode):
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":  # oneDNN's convolutions run ~2x faster on NHWC
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.grain = float(grain)
+        self.grain = grain
         self.reconstruction = reconstruction
-        try:
-            self.level_stage = LevelStage(level, ceiling_db, original="grain")
-        except ValueError as exc:
-            raise CakfxError(f"cak.grain: {exc}") from None
+        self.level = level
+        self.ceiling_db = ceiling_db
         self._stream: dict | None = None
 
     @property
-    def level(self) -> str:
-        return self.level_stage.mode
-
-    @property
-    def ceiling_db(self) -> float:
-        return self.level_stage.ceiling_db
+    def level_stage(self) -> LevelStage:
+        """The shared level stage for the current ``level`` and ``ceiling_db`` (rebuilt on a change)."""
+        key = (self.level, self.ceiling_db)
+        if self._stage_key != key:
+            self._stage, self._stage_key = LevelStage(self.level, self.ceiling_db, original="grain"), key
+        return self._stage
 
     # -- offline ---------------------------------------------------------------------------
     def model_path(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
@@ -576,10 +579,6 @@ class GrainNode(EffectNode):
 
     def forget_measure(self) -> None:
         self.level_stage.forget_measure()
-
-    def __repr__(self) -> str:
-        return (f"<cakfx cak.grain grain={self.grain:g} reconstruction={self.reconstruction} "
-                f"level={self.level} ceiling_db={self.ceiling_db:g}>")
 
 
 class Delay:

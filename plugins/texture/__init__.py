@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from cakfx.errors import CakfxError
 from cakfx.hookspecs import hookimpl
+from cakfx.neural import NeuralEffect
 from cakfx.params import Param
 
 # torch is imported only when a node, a model or an import is asked for (registration stays torch-free)
-KIND = "cak.texture"
-DEFAULT_WEIGHTS = "cak-texture-default"
-
-PARAMS = [
-    Param("amount", "float", 0.5, "Texture control: 0 is a true bypass, 1 the trained top.", 0.0, 2.0),
-    Param("weights", "weights", DEFAULT_WEIGHTS, "Weights name or .safetensors path (kind cak.texture)."),
-    Param(
-        "level",
-        "choice",
-        "match",
-        "Level stage: match (loudness of the input, limiter only above the ceiling), original "
-        "(the published RMS match + tanh soft clip), off (the raw spectral change).",
-        choices=("match", "original", "off"),
-    ),
-    Param("ceiling_db", "float", -1.0, "Peak ceiling of the match mode's limiter, dBFS.", -24.0, 0.0),
-]
-
 SUMMARY = "Learned spectral texture (CAK): smears transients and thickens dense material."
 
 DESCRIPTION = """\
@@ -67,41 +48,8 @@ of kind cak.texture. Import the published checkpoint with
 `cakfx weights import final_wgan_grain.pt --kind texture --stats global_normalization_stats.json --name NAME`.
 """
 
-_cache: dict = {}
-
-
-def _weights(ref: str):
-    """Load (and cache by path and mtime) the texture weights ``ref`` names."""
-    from cakfx.weights import load_weights, resolve_weights
-
-    path = resolve_weights(ref)
-    key = (str(Path(path).resolve()), Path(path).stat().st_mtime)
-    if key not in _cache:
-        _cache[key] = load_weights(path, expect_kind=KIND)
-    return _cache[key]
-
-
-def create_texture(
-    amount: float = 0.5,
-    weights: str = DEFAULT_WEIGHTS,
-    level: str = "match",
-    ceiling_db: float = -1.0,
-    device=None,
-):
-    """Build a ``TextureNode`` from a weights name or path."""
-    from cakfx.device import resolve_device
-    from cakfx.plugins.texture.checkpoint import model_from_tensors
-    from cakfx.plugins.texture.node import TextureNode
-
-    wf = _weights(weights)
-    model = model_from_tensors(wf.tensors, str(wf.path))
-    try:
-        return TextureNode(model, wf.stats, amount, level, ceiling_db, device=resolve_device(device))
-    except CakfxError as exc:
-        raise CakfxError(f"{wf.path}: {exc}") from None
-
-
 def load_model(weights_file, device):
+    """``cakfx.load_model`` hook: the texture CAK layer in eval mode on ``device``."""
     from cakfx.plugins.texture.checkpoint import load_model as load
 
     return load(weights_file, device)
@@ -111,22 +59,6 @@ def import_checkpoint(checkpoint_path, stats_path):
     from cakfx.plugins.texture.checkpoint import import_checkpoint as do_import
 
     return do_import(checkpoint_path, stats_path)
-
-
-@hookimpl
-def register_effects(register):
-    register(
-        KIND,
-        create_texture,
-        PARAMS,
-        summary=SUMMARY,
-        description=DESCRIPTION,
-        load_model=load_model,
-        import_checkpoint=import_checkpoint,
-        takes_device=True,
-        analyse=_analyse,
-        expected_shapes=_expected_shapes,
-    )
 
 
 def _expected_shapes(stats: dict) -> dict[str, tuple[int, ...]]:
@@ -146,6 +78,39 @@ def _analyse(weights_file, out_png):
     return draw(weights_file, out_png)
 
 
+EFFECT = NeuralEffect(
+    "cak.texture",
+    default_weights="cak-texture-default",
+    params=[
+        Param("amount", "float", 0.5, "Texture control: 0 is a true bypass, 1 the trained top.", 0.0, 2.0),
+        Param(
+            "level",
+            "choice",
+            "match",
+            "Level stage: match (loudness of the input, limiter only above the ceiling), original "
+            "(the published RMS match + tanh soft clip), off (the raw spectral change).",
+            choices=("match", "original", "off"),
+        ),
+        Param("ceiling_db", "float", -1.0, "Peak ceiling of the match mode's limiter, dBFS.", -24.0, 0.0),
+    ],
+    weights_help="Weights name or .safetensors path (kind cak.texture).",
+    node="cakfx.plugins.texture.node:TextureNode",
+    load_model=load_model,
+    summary=SUMMARY,
+    description=DESCRIPTION,
+    missing_hint="import the published model: cakfx weights import final_wgan_grain.pt --kind texture "
+    "--stats global_normalization_stats.json -n cak-texture-default",
+    import_checkpoint=import_checkpoint,
+    expected_shapes=_expected_shapes,
+    analyse=_analyse,
+)
+
+
+@hookimpl
+def register_effects(register):
+    EFFECT.register(register)
+
+
 def __getattr__(name: str):
     if name == "TextureNode":  # lazily: it imports torch
         from cakfx.plugins.texture.node import TextureNode
@@ -154,4 +119,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["KIND", "TextureNode", "create_texture", "import_checkpoint", "load_model"]
+__all__ = ["EFFECT", "TextureNode", "import_checkpoint", "load_model"]

@@ -44,7 +44,7 @@ def average_spectrum_db(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def draw(weights_file: WeightsFile, out_png: str | Path) -> dict:
     """Render the analysis picture for ``weights_file``; return its path and size."""
-    from cakfx.plugins.texture import create_texture
+    from cakfx.plugins.texture import EFFECT
     from cakfx.plugins.texture.checkpoint import model_from_tensors
     from cakfx.spectrogram import require_matplotlib
 
@@ -83,7 +83,7 @@ def draw(weights_file: WeightsFile, out_png: str | Path) -> dict:
         ax = fig.add_subplot(grid[1, col]) if col < 3 else None
         freqs, base = average_spectrum_db(x)
         for amount in AMOUNTS:
-            node = create_texture(amount, str(weights_file.path), level="off", device="cpu")
+            node = EFFECT.create(str(weights_file.path), "cpu", amount=amount, level="off")
             _, spec = average_spectrum_db(node(x, SR))
             ax.semilogx(freqs[1:], (spec - base)[1:], label=f"amount {amount:g}")
         ax.set_xlim(20, SR / 2)

@@ -43,8 +43,8 @@ import torch
 from cakfx.dsp.stft import HOP, MODEL_SR, N_FFT, hann
 from cakfx.dsp.threads import parallel_map, serial_torch_ops
 from cakfx.errors import CakfxError
-from cakfx.node import EffectNode
-from cakfx.plugins.texture import dsp
+from cakfx.neural import NeuralNode
+from cakfx.plugins.texture import EFFECT, dsp
 from cakfx.plugins.texture.model import TextureCAK, conv3x3
 
 PIECES = N_FFT // HOP  # frames overlapping each hop-sized chunk of output
@@ -55,18 +55,19 @@ LATENCY_44 = N_FFT + HOP - 1
 #: frames per block: small blocks keep the CPU's working set in cache; accelerators like big ones
 CPU_BLOCK = 96
 ACCEL_BLOCK = 4096
-LEVEL_MODES = ("match", "original", "off")
 
 
-class TextureNode(EffectNode):
+class TextureNode(NeuralNode):
     """The CAK texture processor on any number of channels at any sample rate.
 
     ``model`` is a ``TextureCAK``; ``stats`` holds ``global_low``/``global_high``
     (and optionally ``alpha``/``gamma``) from the training set. ``level`` and ``ceiling_db``
-    configure the shared level stage (``cakfx.dsp.level.LevelStage``).
+    configure the shared level stage (``cakfx.dsp.level.LevelStage``). The parameters
+    (``amount``, ``level``, ``ceiling_db``) are validated properties declared once in
+    ``cakfx.plugins.texture.EFFECT``; a change applies from the next call.
     """
 
-    name = "cak.texture"
+    effect = EFFECT
 
     def __init__(
         self,
@@ -78,14 +79,12 @@ class TextureNode(EffectNode):
         device: torch.device | str = "cpu",
         block_frames: int | None = None,
     ) -> None:
-        if level not in LEVEL_MODES:
-            raise CakfxError(f"cak.texture: level must be one of {', '.join(LEVEL_MODES)}; got {level!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.low, self.high, self.alpha, self.gamma = read_stats(stats)
-        self.amount = float(amount)
+        self.amount = amount
         self.level = level
-        self.ceiling_db = float(ceiling_db)
+        self.ceiling_db = ceiling_db
         default_block = CPU_BLOCK if self.device.type == "cpu" else ACCEL_BLOCK
         self.block_frames = max(1, int(block_frames or default_block))
         self._stage = None  # the level stage, built for (level, ceiling_db) when first needed
@@ -95,11 +94,10 @@ class TextureNode(EffectNode):
         self._measuring = False  # between begin_measure and end_measure
         self._priming = 0  # stream samples still to come before the signal's first (offline) sample
 
-    def __repr__(self) -> str:
-        return (
-            f"<cakfx {self.name} amount={self.amount:g} level={self.level!r} "
-            f"ceiling_db={self.ceiling_db:g} device={self.device}>"
-        )
+    @classmethod
+    def from_weights(cls, weights_file, model, device, **settings) -> TextureNode:
+        """The node for weights loaded by ``EFFECT``: the model plus the weights' stats."""
+        return cls(model, weights_file.stats, device=device, **settings)
 
     # -- the node protocol ---------------------------------------------------------------
     def process_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:

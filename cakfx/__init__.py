@@ -15,11 +15,14 @@ fast and never imports torch.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cakfx.errors import CakfxError
 
 if TYPE_CHECKING:
+    import pedalboard
+
     from cakfx.batch import FileResult
     from cakfx.chain import Chain
     from cakfx.neural import NeuralEffect, NeuralNode
@@ -79,9 +82,15 @@ def load_preset(
 
 
 def process_file(
-    in_path: str | os.PathLike, out_path: str | os.PathLike, chain: Any, out_format: str = "same"
+    in_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    chain: EffectNode | pedalboard.Plugin | Callable[[Any, float], Any],
+    out_format: str = "same",
 ) -> FileResult:
     """Stream one file through ``chain``, keeping its rate, channels, length and format.
+
+    ``chain`` is a node (a ``Chain`` streams block by block), a pedalboard plugin, or any
+    callable ``f(audio, sample_rate)`` (called once on the whole file).
 
     Returns a ``cakfx.batch.FileResult`` (with the output's peak, true peak and clipped
     samples); raises ``CakfxError`` on bad input. See ``cakfx.batch.process_file``.

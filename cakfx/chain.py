@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Union
 
 import numpy as np
 import pedalboard
@@ -20,6 +21,8 @@ NOT_STREAM_EQUAL = ("GSMFullRateCompressor", "PitchShift")
 # Block size for measuring a native stage's delay; the bound adds ``_PROBE - 1`` samples so
 # any chunking (down to one sample per call) stays within it.
 _PROBE = 16
+#: what a chain holds: cakfx nodes (chains too) and pedalboard plugins
+Item = Union[EffectNode, pedalboard.Plugin]
 
 
 def _natives(plugin: pedalboard.Plugin) -> list[pedalboard.Plugin]:
@@ -138,6 +141,12 @@ class _NativeStage:
         self.fifo = None
 
 
+def _check_item(item: object) -> Item:
+    if not isinstance(item, (EffectNode, pedalboard.Plugin)):
+        raise TypeError(f"Chain items must be cakfx nodes or pedalboard plugins, got {item!r}")
+    return item
+
+
 class Chain(EffectNode):
     """A list of effects run in order; itself a node, so chains nest.
 
@@ -165,11 +174,8 @@ class Chain(EffectNode):
 
     name = "chain"
 
-    def __init__(self, items: Iterable = (), ids: Sequence[str | None] | None = None) -> None:
-        self.items = list(items)
-        for item in self.items:
-            if not isinstance(item, (EffectNode, pedalboard.Plugin)):
-                raise TypeError(f"Chain items must be cakfx nodes or pedalboard plugins, got {item!r}")
+    def __init__(self, items: Iterable[Item] = (), ids: Sequence[str | None] | None = None) -> None:
+        self.items = [_check_item(item) for item in items]
         self.ids = list(ids) if ids is not None else [None] * len(self.items)
         if len(self.ids) != len(self.items):
             raise ValueError("ids must have one entry per chain item")
@@ -185,16 +191,17 @@ class Chain(EffectNode):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Item]:
         return iter(self.items)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: int | str) -> Item:
+        """An item by position or by id (``chain["texture"]``)."""
         if isinstance(key, str):
             return self.items[self.ids.index(key)]
         return self.items[key]
 
-    def append(self, item, id: str | None = None) -> None:
-        self.items.append(item)
+    def append(self, item: Item, id: str | None = None) -> None:
+        self.items.append(_check_item(item))
         self.ids.append(id)
 
     def stages(self) -> list:

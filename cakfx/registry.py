@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from cakfx.errors import CakfxError
 from cakfx.params import Param
 from cakfx.plugin_manager import load_plugins, pm, report_hook_failure
+
+if TYPE_CHECKING:  # annotations only: importing pedalboard here would slow every command
+    from pedalboard import Plugin
+
+    from cakfx.node import EffectNode
 
 
 @dataclass
@@ -132,7 +137,7 @@ def check_params(spec: EffectSpec, params: dict, where: str = "") -> dict:
     return out
 
 
-def create_effect(name: str, *, device: Any = None, where: str = "", **params: Any) -> Any:
+def create_effect(name: str, *, device: Any = None, where: str = "", **params: Any) -> EffectNode | Plugin:
     """Build the effect ``name`` with validated ``params``.
 
     Returns a node: an ``EffectNode`` or a native ``pedalboard.Plugin``. A bad value

@@ -277,3 +277,29 @@ def test_overrides_make_a_new_preset_and_resolution_happens_once():
     assert isinstance(resolved, ResolvedPreset) and resolved.entries[2].params["room_size"] == 0.2
     chain = build_chain(resolved)
     assert chain[2].wet_level == pytest.approx(0.3)
+
+
+def test_a_preset_is_checked_once_and_create_effect_still_checks(monkeypatch):
+    """Parameters are checked once, in resolve_preset; building a resolved preset trusts it;
+    create_effect called directly checks its arguments."""
+    import cakfx.registry
+    from cakfx.presets import build_chain, read_preset, resolve_preset
+
+    calls = []
+    real = cakfx.registry.check_params
+
+    def counting(spec, *args, **kwargs):
+        calls.append(spec.name)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(cakfx.registry, "check_params", counting)
+    resolved = resolve_preset(read_preset("demo"))
+    entries = len(resolved.entries)
+    assert len(calls) == entries
+    chain = build_chain(resolved)
+    assert len(calls) == entries and len(chain) == entries  # building checked nothing again
+    cakfx.load_preset("demo")
+    assert len(calls) == 2 * entries  # load_preset: resolve once, build
+    with pytest.raises(cakfx.CakfxError, match="room_size"):
+        cakfx.create_effect("pedalboard.Reverb", room_size=2.0)
+    assert calls[-1] == "pedalboard.Reverb"

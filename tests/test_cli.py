@@ -214,3 +214,18 @@ def test_installed_wheel_works_from_any_directory(tmp_path):
         env=env,
     )
     assert "demo" in presets.stdout
+    # every package of the source tree is in the wheel: a neural effect runs from it
+    code = (
+        "import numpy as np, cakfx; x = np.random.default_rng(0).standard_normal((2, 22050)); "
+        "y = cakfx.create_effect('cak.texture', amount=0.8, device='cpu')(x.astype(np.float32), 44100); "
+        "print(cakfx.create_effect.__module__, y.shape, bool(np.isfinite(y).all()))"
+    )
+    run = subprocess.run(
+        [str(py), "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["cakfx.registry", "(2,", "22050)", "True"]

@@ -12,6 +12,7 @@ node class is named by ``"module:Class"`` and imported when the first node is bu
 from __future__ import annotations
 
 import importlib
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -82,6 +83,7 @@ class NeuralEffect:
         if not isinstance(node, str) and node.effect is not self:
             node.bind(self)
         self._cache: OrderedDict[tuple, WeightsFile] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<cakfx.NeuralEffect {self.kind} weights={self.default_weights!r}>"
@@ -126,13 +128,17 @@ class NeuralEffect:
             raise CakfxError(f"{exc}; {self.missing_hint}") from None
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-        else:
-            self._cache[key] = load_weights(path, expect_kind=self.kind)
+        with self._lock:  # batch workers may build chains on threads
+            wf = self._cache.get(key)
+            if wf is not None:
+                self._cache.move_to_end(key)
+                return wf
+        wf = load_weights(path, expect_kind=self.kind)
+        with self._lock:
+            self._cache[key] = wf
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
-        return self._cache[key]
+        return wf
 
     def create(self, weights: str | Path | None = None, device: Any = None, **settings: Any) -> NeuralNode:
         """Build a node: load ``weights`` (default ``default_weights``), the model on ``device``,

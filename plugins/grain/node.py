@@ -430,7 +430,8 @@ class GrainNode(NeuralNode):
     Streams (``reset=False``) with a latency of ``latency_samples(sr)`` (about
     3.9 s at 44.1 kHz: the 3 s analysis windows): not for live use. The parameters
     (``grain``, ``reconstruction``, ``level``, ``ceiling_db``) are validated properties declared
-    once in ``cakfx.plugins.grain.EFFECT``; a change applies from the next call.
+    once in ``cakfx.plugins.grain.EFFECT``; a change applies from the next call (a running
+    stream keeps its ``grain`` until it is reset).
     """
 
     effect = EFFECT

@@ -115,11 +115,12 @@ def test_training_and_inference_run_one_kernel_with_the_published_gradients():
     (model.detect(n) * upstream).sum().backward()
     assert torch.allclose(model.detector_weight.grad, ref_w, atol=1e-9)
     assert torch.allclose(model.detector_bias.grad, ref_b, atol=1e-9)
-    # the same function with numbers (the node's path) gives the same response
-    frames = torch.nn.functional.pad(n[:, 0], (1, 1)).transpose(-1, -2)
-    w = model.detector_weight.detach().reshape(3, 3).tolist()
-    got = conv3x3(frames, w, float(model.detector_bias.detach())).transpose(-1, -2)
-    assert torch.allclose(got, model.detect(n)[:, 0].detach(), atol=1e-12)
+    # the same function with numbers (the node's path) gives the same response, in both layouts
+    framed = torch.nn.functional.pad(n[:, 0], (1, 1))
+    w, b = model.detector_weight.detach().reshape(3, 3).tolist(), float(model.detector_bias.detach())
+    expected = model.detect(n)[:, 0].detach()
+    assert torch.allclose(conv3x3(framed.transpose(-1, -2), w, b).transpose(-1, -2), expected, atol=1e-12)
+    assert torch.allclose(conv3x3(framed, w, b, time_dim=-1), expected, atol=1e-12)
 
 
 def test_gate_closes_below_the_threshold():

@@ -42,10 +42,9 @@ class TextureCAK(nn.Module):
 
     def detect(self, n: torch.Tensor) -> torch.Tensor:
         """The 3x3 pattern detector ``p = conv3x3(n) + bias`` on ``(..., F, T)``, zero padded."""
-        # zero context frames, then a frames-first view: conv3x3's layout, no copy
-        frames = F.pad(n, (1, 1)).transpose(-1, -2)
         w = self.detector_weight.reshape(3, 3).to(n.dtype)
-        return conv3x3(frames, w, self.detector_bias.to(n.dtype)).transpose(-1, -2)
+        framed = F.pad(n, (1, 1))  # zero context frames either side
+        return conv3x3(framed, w, self.detector_bias.to(n.dtype), time_dim=-1)
 
     def gate(self, amount: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid((amount - self.threshold) * self.temperature)
@@ -70,30 +69,40 @@ class TextureCAK(nn.Module):
         return n + p * t * self.scale.to(n.dtype) * self.gate(t)
 
 
-def conv3x3(n: torch.Tensor, kernel, bias) -> torch.Tensor:
-    """``out[..., t, f] = bias + sum_ij kernel[i][j] * n[..., t + j, f + i - 1]``, zero padding over bins.
+def conv3x3(n: torch.Tensor, kernel, bias, time_dim: int = -2) -> torch.Tensor:
+    """``out[t, f] = bias + sum_ij kernel[i][j] * n[t + j, f + i - 1]``, zero padding over bins.
 
-    The texture layer's 3x3 kernel, for training and inference alike. ``n`` is
-    ``(..., T + 2, F)``: frames first with one context frame each side (the caller pads
-    them); returns ``(..., T, F)``. ``kernel[i][j]`` indexes (frequency, time) like the
-    ``(1, 1, 3, 3)`` detector weight. Numbers (the node's ``effective_kernel(...).tolist()``)
-    are fused multiply-adds in place; tensors (training) keep the graph for autograd.
+    The texture layer's 3x3 kernel, for training and inference alike. ``n``'s last two dims
+    are frames and bins, frames (``time_dim``: -2, the node's layout, bins contiguous; or
+    -1, the model's ``(..., F, T)``) with one context frame each side, padded by the caller;
+    returns ``T`` frames in the same layout. ``kernel[i][j]`` indexes (frequency, time) like
+    the ``(1, 1, 3, 3)`` detector weight. Numbers (the node's
+    ``effective_kernel(...).tolist()``) run as fused multiply-adds in place on the bins each
+    neighbour reaches; tensors (training) as plain sums over a bin-padded copy, which
+    autograd differentiates fast.
     """
-    frames = n.shape[-2] - 2
-    out = n[..., 1 : 1 + frames, :].mul(kernel[1][1]).add_(bias)
+    freq_dim = -1 if time_dim == -2 else -2
+    frames, bins = n.shape[time_dim] - 2, n.shape[freq_dim]
+
+    def at(x: torch.Tensor, j: int, i: int, width: int) -> torch.Tensor:  # frames j.., bins i..
+        return x.narrow(time_dim, j, frames).narrow(freq_dim, i, width)
+
+    if isinstance(kernel, torch.Tensor):
+        padded = F.pad(n, (1, 1) if freq_dim == -1 else (0, 0, 1, 1))
+        out = bias + kernel[0][0] * at(padded, 0, 0, bins)
+        for i in range(3):
+            for j in range(3):
+                if i or j:
+                    out = out + kernel[i][j] * at(padded, j, i, bins)
+        return out
+    out = at(n, 1, 0, bins).mul(kernel[1][1]).add_(bias)
     for i in range(3):
         for j in range(3):
             if (i, j) == (1, 1):
                 continue
-            rows, k = n[..., j : j + frames, :], kernel[i][j]
-            if i == 0:  # neighbour one bin below
-                dst, src = out[..., 1:], rows[..., :-1]
-            elif i == 1:
-                dst, src = out, rows
-            else:
-                dst, src = out[..., :-1], rows[..., 1:]
-            if isinstance(k, torch.Tensor):
-                dst.add_(src * k)
-            else:
-                dst.add_(src, alpha=k)
+            if i == 1:
+                out.add_(at(n, j, 0, bins), alpha=kernel[i][j])
+            else:  # i == 0: each bin reads the one below it; i == 2: the one above
+                dst = out.narrow(freq_dim, 1 if i == 0 else 0, bins - 1)
+                dst.add_(at(n, j, 0 if i == 0 else 1, bins - 1), alpha=kernel[i][j])
     return out

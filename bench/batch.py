@@ -12,7 +12,7 @@ presets, against soundfile read + write of the same files (the I/O floor):
   work in-process), and ``--jobs 2`` against ``--jobs 1`` on the one-shots.
 
 Prints min / median seconds and the ratios to the floor (targets: texture-drums <= 3x on long
-files and <= 5x on one-shots, grain-smooth <= 8x on long files, a 0.1 s file <= 2x). Files are
+files and <= 5x on one-shots, grain-noisy <= 8x on long files, a 0.1 s file <= 2x). Files are
 24-bit WAV unless ``--subtype`` says otherwise.
 
     .venv/bin/python bench/batch.py [--long-files 10 --long-seconds 60 --oneshots 300 --repeats 3]
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--tiny-repeats", type=int, default=20)
     parser.add_argument("--subtype", default="PCM_24")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the CLI's default)")
-    parser.add_argument("--no-grain", action="store_true", help="skip grain-smooth (slow)")
+    parser.add_argument("--no-grain", action="store_true", help="skip grain-noisy (slow)")
     parser.add_argument("--quick", action="store_true", help="3 x 20 s long files, 60 one-shots")
     args = parser.parse_args()
     if args.quick:
@@ -131,20 +131,20 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
-    presets = ["gain", "texture-drums"] + ([] if args.no_grain else ["grain-smooth"])
+    presets = ["gain", "texture-drums"] + ([] if args.no_grain else ["grain-noisy"])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         corpora = make_corpora(root, args, np.random.default_rng(0))
         gain_preset = root / "gain.toml"
         gain_preset.write_text(GAIN_PRESET)
         preset_ref = {"gain": str(gain_preset), "texture-drums": "texture-drums"}
-        preset_ref["grain-smooth"] = "grain-smooth"
+        preset_ref["grain-noisy"] = "grain-noisy"
         out = root / "out"
         tasks: dict[tuple[str, str], object] = {}
         for corpus in ("long", "oneshots"):
             tasks[(corpus, "read+write")] = lambda c=corpus: io_floor(corpora[c], out / c / "floor")
             for name in presets:
-                if corpus == "oneshots" and name == "grain-smooth":
+                if corpus == "oneshots" and name == "grain-noisy":
                     continue
                 tasks[(corpus, name)] = lambda c=corpus, p=name: batch(corpora[c], out / c / p, preset_ref[p])
         tasks[("oneshots", "texture-drums --jobs 2")] = lambda: batch(
@@ -180,7 +180,7 @@ def main() -> None:
         f"{args.oneshots} files 0.1-2 s, 22.05/44.1/48/96 kHz, mono/stereo; {args.subtype} WAV"
     )
     print(f"{args.repeats} interleaved repeats, {args.threads} torch threads, {os.cpu_count()} cores")
-    targets = {("long", "texture-drums"): 3, ("oneshots", "texture-drums"): 5, ("long", "grain-smooth"): 8}
+    targets = {("long", "texture-drums"): 3, ("oneshots", "texture-drums"): 5, ("long", "grain-noisy"): 8}
     for corpus in ("long", "oneshots"):
         floor_min, floor_med = mm(times[(corpus, "read+write")])
         print(f"\n{corpus}: read+write floor {floor_min:.3f} / {floor_med:.3f} s (min / median)")

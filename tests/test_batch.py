@@ -210,3 +210,31 @@ def test_process_file_api(tmp_path):
     with pytest.raises(cakfx.CakfxError, match="overwrite the input"):
         cakfx.process_file(src, src, chain)
     assert os.path.getsize(src) > 0
+
+
+def test_jobs_default_to_one_file_per_core_with_the_same_outputs(tmp_path):
+    from cakfx.batch import available_cores, default_jobs, run_batch
+    from cakfx.presets import build_chain, read_preset
+    from tests.signals import drums
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, sr in enumerate((44100, 48000, 22050)):
+        sf.write(src / f"d{i}.wav", drums(0.7, sr, channels=2).T, sr, subtype="FLOAT")
+    import torch
+
+    from cakfx.dsp import threads
+
+    spec = read_preset("texture-subtle")
+    torch_threads = torch.get_num_threads()
+    outputs = {}
+    for jobs in (1, None, 3):
+        report = run_batch([src], tmp_path / f"out{jobs}", lambda: build_chain(spec, device="cpu"), jobs=jobs,
+                           progress=False)
+        assert report.ok and report.count("ok") == 3
+        assert report.jobs == (min(available_cores(), 3) if jobs is None else jobs)
+        outputs[jobs] = [sf.read(tmp_path / f"out{jobs}" / f"d{i}.wav")[0] for i in range(3)]
+    for jobs in (None, 3):  # one thread per file gives what block threads give
+        assert all(np.array_equal(a, b) for a, b in zip(outputs[1], outputs[jobs]))
+    assert default_jobs(1) == 1 and default_jobs(10**4) == available_cores()
+    assert torch.get_num_threads() == torch_threads and threads._per_file == 0  # restored afterwards

@@ -9,7 +9,12 @@ presets, against soundfile read + write of the same files (the I/O floor):
   mono and stereo;
 * one 0.1 s file through texture-drums against its own read + write (per-file fixed cost);
 * the CLI's start-up cost (a ``cakfx process`` subprocess on one 0.1 s file minus the same
-  work in-process), and ``--jobs 2`` against ``--jobs 1`` on the one-shots.
+  work in-process), and the default ``--jobs`` against ``--jobs 1``;
+* the floor the neural models set: each model alone (level stage off, no other stage) on the
+  long files held in memory, no file I/O, against the same read + write.
+
+The presets run with ``--jobs`` as the CLI's default (``--jobs auto``; pass ``--jobs 1`` to time
+code from before ``jobs=None`` existed).
 
 Prints min / median seconds and the ratios to the floor (targets: texture-drums <= 3x on long
 files and <= 5x on one-shots, grain-noisy <= 8x on long files, a 0.1 s file <= 2x). Files are
@@ -87,8 +92,14 @@ def io_floor(src: Path, dst: Path) -> None:
         sf.write(dst / path.name, audio, sr, format=info.format, subtype=info.subtype)
 
 
-def batch(src: Path, dst: Path, preset: str, jobs: int = 1) -> None:
-    """What ``cakfx process SRC -p PRESET -o DST --overwrite -q`` does, in-process."""
+MODEL_ONLY = {
+    "texture": 'effect = "cak.texture"\nweights = "cak-texture-default"\namount = 0.7\nlevel = "off"',
+    "grain": 'effect = "cak.grain"\nweights = "cak-grain-default"\ngrain = 1.5\nlevel = "off"',
+}
+
+
+def batch(src: Path, dst: Path, preset: str, jobs: int | None = None) -> None:
+    """What ``cakfx process SRC -p PRESET -o DST --overwrite -q [--jobs N]`` does, in-process."""
     from cakfx.batch import run_batch
     from cakfx.presets import build_chain, read_preset
 
@@ -107,6 +118,15 @@ def batch(src: Path, dst: Path, preset: str, jobs: int = 1) -> None:
         raise SystemExit("bench: files failed:\n" + "\n".join(bad[:5]))
 
 
+def models_alone(preset: Path, held: list) -> None:
+    """The preset's chain on each held file, in memory: no reading, writing or metering."""
+    from cakfx.presets import build_chain, read_preset
+
+    chain = build_chain(read_preset(str(preset)), device="cpu")
+    for audio, sr in held:
+        chain(np.ascontiguousarray(audio.T), sr)
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -123,6 +143,7 @@ def main() -> None:
     parser.add_argument("--subtype", default="PCM_24")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the CLI's default)")
     parser.add_argument("--no-grain", action="store_true", help="skip grain-noisy (slow)")
+    parser.add_argument("--jobs", default="auto", help="--jobs of the preset runs: auto (the default) or N")
     parser.add_argument("--quick", action="store_true", help="3 x 20 s long files, 60 one-shots")
     args = parser.parse_args()
     if args.quick:
@@ -130,6 +151,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    jobs = None if args.jobs == "auto" else int(args.jobs)
     load = os.getloadavg()[0]
     presets = ["gain", "texture-drums"] + ([] if args.no_grain else ["grain-noisy"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,10 +168,17 @@ def main() -> None:
             for name in presets:
                 if corpus == "oneshots" and name == "grain-noisy":
                     continue
-                tasks[(corpus, name)] = lambda c=corpus, p=name: batch(corpora[c], out / c / p, preset_ref[p])
-        tasks[("oneshots", "texture-drums --jobs 2")] = lambda: batch(
-            corpora["oneshots"], out / "oneshots" / "jobs2", "texture-drums", jobs=2
-        )
+                tasks[(corpus, name)] = lambda c=corpus, p=name: batch(
+                    corpora[c], out / c / p, preset_ref[p], jobs
+                )
+            tasks[(corpus, "texture-drums --jobs 1")] = lambda c=corpus: batch(
+                corpora[c], out / c / "jobs1", "texture-drums", 1
+            )
+        held = [sf.read(p, dtype="float32", always_2d=True) for p in sorted(corpora["long"].iterdir())]
+        for model in ("texture",) + (() if args.no_grain else ("grain",)):
+            path = root / f"{model}-only.toml"
+            path.write_text(f'[preset]\nname = "{model}-only"\n[[chain]]\nid = "m"\n{MODEL_ONLY[model]}\n')
+            tasks[("long", f"{model} model alone")] = lambda p=path: models_alone(p, held)
         for fn in tasks.values():  # warm-up: imports, weights, FFT plans, first files
             fn()
         times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks}
@@ -179,7 +208,8 @@ def main() -> None:
         f"corpora: long = {args.long_files} x {args.long_seconds:g} s stereo 44.1/48 kHz; one-shots = "
         f"{args.oneshots} files 0.1-2 s, 22.05/44.1/48/96 kHz, mono/stereo; {args.subtype} WAV"
     )
-    print(f"{args.repeats} interleaved repeats, {args.threads} torch threads, {os.cpu_count()} cores")
+    print(f"{args.repeats} interleaved repeats, {args.threads} torch threads, {os.cpu_count()} cores, "
+          f"--jobs {args.jobs}")
     targets = {("long", "texture-drums"): 3, ("oneshots", "texture-drums"): 5, ("long", "grain-noisy"): 8}
     for corpus in ("long", "oneshots"):
         floor_min, floor_med = mm(times[(corpus, "read+write")])
@@ -202,8 +232,9 @@ def main() -> None:
         f"{med / floor_med:.2f}x median (target <= 2x)"
     )
     print(f"CLI start-up (subprocess minus in-process, 0.1 s file): {min(startup):.2f} s min")
-    j1, j2 = min(times[("oneshots", "texture-drums")]), min(times[("oneshots", "texture-drums --jobs 2")])
-    print(f"--jobs 2 against --jobs 1 (one-shots, texture-drums): {j1 / j2:.2f}x faster")
+    for corpus in ("long", "oneshots"):
+        j1, jd = min(times[(corpus, "texture-drums --jobs 1")]), min(times[(corpus, "texture-drums")])
+        print(f"--jobs {args.jobs} against --jobs 1 ({corpus}, texture-drums, min): {j1 / jd:.2f}x faster")
     if load > 1.0:
         print(f"note: load average {load:.1f} on {os.cpu_count()} cores before the run: ratios noisier")
 

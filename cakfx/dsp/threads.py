@@ -14,9 +14,10 @@ files x threads never exceeds the cores it was given.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any
 
@@ -80,9 +81,26 @@ def parallel_map(fn: Callable[[Any], None], jobs: Iterable, device: torch.device
             for job in jobs:
                 fn(job)
             return
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="cakfx-block")
+        futures = [_block_pool(workers).submit(fn, job) for job in jobs]
         try:
-            for _ in pool.map(fn, jobs):  # re-raises a worker's exception
-                pass
+            for future in futures:
+                future.result()  # re-raises a worker's exception
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for future in futures:
+                future.cancel()
+            wait(futures)  # nothing of this call runs on after it returns
+
+
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, threads, pool)
+
+
+def _block_pool(workers: int) -> ThreadPoolExecutor:
+    """One pool of block threads for the process, kept between calls: starting threads for every
+    file cost about 2 ms each, as much as a short file's model. A forked child gets its own."""
+    global _pool
+    with _lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] != workers:
+            # a replaced pool is dropped, not shut down (a concurrent caller may still be submitting
+            # to it); once collected its idle threads end
+            _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="cakfx-block"))
+        return _pool[2]

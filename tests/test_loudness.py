@@ -168,7 +168,7 @@ def test_true_peak_skips_only_stretches_that_cannot_hold_it():
     rng = np.random.default_rng(5)
     quiet_with_click = rng.normal(0, 0.01, (2, 3 * sr))
     quiet_with_click[1, 2 * sr + 17 : 2 * sr + 19] = [0.7, -0.7]  # one inter-sample over in quiet noise
-    near_ceiling = np.clip(drums(2.0, sr, channels=2).astype(np.float64) * 4, -0.9, 0.9)  # limited: dense peaks
+    near_ceiling = np.clip(drums(2.0, sr, channels=2).astype(np.float64) * 4, -0.9, 0.9)  # dense peaks
     tone_at_quarter_rate = (np.sin(2 * np.pi * np.arange(sr) / 4 + np.pi / 4) * 0.5)[None]
     for x in (quiet_with_click, near_ceiling, tone_at_quarter_rate):
         expected = oversampled_peak_everywhere(x)

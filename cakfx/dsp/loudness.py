@@ -316,10 +316,9 @@ def _oversampled_peak(joined: np.ndarray, known: float = 0.0) -> float:
     outputs = length - (TAPS_PER_PHASE - 1)
     if outputs <= 0:
         return 0.0
-    loudest = float(np.abs(joined).max())
-    if loudest * _PEAK_BOUND <= known:
-        return 0.0
-    if outputs <= SEGMENT:  # a short block: all of it, without the bookkeeping
+    if outputs <= 4 * SEGMENT:  # a short block: all of it at once, without the bookkeeping
+        if float(np.abs(joined).max()) * _PEAK_BOUND <= known:
+            return 0.0
         return max(float(np.abs(np.convolve(row, _TRUE_PEAK_FIR[p::OVERSAMPLE], "valid")).max())
                    for row in joined for p in range(OVERSAMPLE))
     count = -(-outputs // SEGMENT)
@@ -328,6 +327,8 @@ def _oversampled_peak(joined: np.ndarray, known: float = 0.0) -> float:
     # the input of segment s is blocks s and s + 1 (it needs TAPS_PER_PHASE - 1 <= SEGMENT more)
     block_max = np.abs(padded).reshape(channels, count + 1, SEGMENT).max(axis=-1)
     reach = (np.maximum(block_max[:, :-1], block_max[:, 1:]) * _PEAK_BOUND).ravel()
+    if float(reach.max()) <= known:
+        return 0.0
     order = np.argsort(-reach, kind="stable")
     order = order[reach[order] > known]
     peak = 0.0

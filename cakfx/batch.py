@@ -48,10 +48,10 @@ from cakfx.paths import atomic_write_bytes
 
 #: formats whose header frame count is exact (MP3/OGG headers are estimates)
 EXACT_HEADER_FORMATS = {"WAV", "AIFF", "FLAC", "W64", "RF64", "CAF", "AU"}
-#: files of at most this many samples (all channels; 2**22 is 47 s of 44.1 kHz stereo, 16 MiB
+#: files of at most this many samples (all channels; 2**21 is 23.8 s of 44.1 kHz stereo, 8 MiB
 #: as float32) are rendered by one offline call: every model runs once instead of once more per
 #: measuring pass, and no stage pays per-block costs. Longer files stream in bounded memory.
-HOLD_SAMPLES = 2**22
+HOLD_SAMPLES = 2**21
 #: statuses that do not make the run fail
 BENIGN = {"ok", "exists", "not-audio", "planned"}
 

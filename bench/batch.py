@@ -98,13 +98,14 @@ MODEL_ONLY = {
 }
 
 
-def batch(src: Path, dst: Path, preset: str, jobs: int | None = None) -> None:
-    """What ``cakfx process SRC -p PRESET -o DST --overwrite -q [--jobs N]`` does, in-process."""
+def batch(src: Path, dst: Path, preset: str, jobs: int | None = None, chain=None) -> None:
+    """What ``cakfx process SRC -p PRESET -o DST --overwrite -q [--jobs N]`` does, in-process
+    (with ``chain``: a chain built before, as a batch's later files find it)."""
     from cakfx.batch import run_batch
     from cakfx.presets import build_chain, read_preset
 
     spec = read_preset(preset)
-    first = [build_chain(spec, device="cpu")]
+    first = [chain if chain is not None else build_chain(spec, device="cpu")]
     report = run_batch(
         [src],
         dst,
@@ -185,11 +186,17 @@ def main() -> None:
         for _ in range(args.repeats):
             for key, fn in tasks.items():
                 times[key].append(timed(fn))
-        tiny = {"read+write": [], "texture-drums": []}
+        from cakfx.presets import build_chain, read_preset
+
+        built = build_chain(read_preset("texture-drums"), device="cpu")
+        tiny = {"read+write": [], "texture-drums": [], "chain built": []}
         for _ in range(args.tiny_repeats):
             tiny["read+write"].append(timed(lambda: io_floor(corpora["tiny"], out / "tiny" / "floor")))
             tiny["texture-drums"].append(
                 timed(lambda: batch(corpora["tiny"], out / "tiny" / "t", "texture-drums"))
+            )
+            tiny["chain built"].append(
+                timed(lambda: batch(corpora["tiny"], out / "tiny" / "b", "texture-drums", chain=built))
             )
         # CLI start-up: a subprocess on the 0.1 s file against the same work in-process
         cli = [sys.executable, "-m", "cakfx", "process", str(corpora["tiny"]), "-p", str(gain_preset)]
@@ -225,12 +232,14 @@ def main() -> None:
                 f"{med / floor_med:5.2f}x median{note}"
             )
     floor_min, floor_med = mm(tiny["read+write"])
-    lo, med = mm(tiny["texture-drums"])
-    print(
-        f"\n0.1 s stereo file through texture-drums: {lo * 1e3:.1f} / {med * 1e3:.1f} ms against read+write "
-        f"{floor_min * 1e3:.1f} / {floor_med * 1e3:.1f} ms: ratio {lo / floor_min:.2f}x min, "
-        f"{med / floor_med:.2f}x median (target <= 2x)"
-    )
+    print(f"\n0.1 s stereo file: read+write {floor_min * 1e3:.1f} / {floor_med * 1e3:.1f} ms")
+    for key, what in (("chain built", "per file (chain already built, as for a batch's files)"),
+                      ("texture-drums", "alone (the run builds its chain)")):
+        lo, med = mm(tiny[key])
+        print(
+            f"  texture-drums, {what}: {lo * 1e3:.1f} / {med * 1e3:.1f} ms: ratio {lo / floor_min:.2f}x min, "
+            f"{med / floor_med:.2f}x median (target <= 2x)"
+        )
     print(f"CLI start-up (subprocess minus in-process, 0.1 s file): {min(startup):.2f} s min")
     for corpus in ("long", "oneshots"):
         j1, jd = min(times[(corpus, "texture-drums --jobs 1")]), min(times[(corpus, "texture-drums")])

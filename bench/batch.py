@@ -193,10 +193,10 @@ def main() -> None:
         for _ in range(args.tiny_repeats):
             tiny["read+write"].append(timed(lambda: io_floor(corpora["tiny"], out / "tiny" / "floor")))
             tiny["texture-drums"].append(
-                timed(lambda: batch(corpora["tiny"], out / "tiny" / "t", "texture-drums"))
+                timed(lambda: batch(corpora["tiny"], out / "tiny" / "t", "texture-drums", jobs))
             )
             tiny["chain built"].append(
-                timed(lambda: batch(corpora["tiny"], out / "tiny" / "b", "texture-drums", chain=built))
+                timed(lambda: batch(corpora["tiny"], out / "tiny" / "b", "texture-drums", jobs, built))
             )
         # CLI start-up: a subprocess on the 0.1 s file against the same work in-process
         cli = [sys.executable, "-m", "cakfx", "process", str(corpora["tiny"]), "-p", str(gain_preset)]
@@ -204,7 +204,7 @@ def main() -> None:
         startup = []
         for _ in range(3):
             sub = timed(lambda: subprocess.run(cli, check=True, capture_output=True))
-            inproc = timed(lambda: batch(corpora["tiny"], out / "tiny" / "g", str(gain_preset)))
+            inproc = timed(lambda: batch(corpora["tiny"], out / "tiny" / "g", str(gain_preset), jobs))
             startup.append(sub - inproc)
         shutil.rmtree(out, ignore_errors=True)
 

@@ -176,3 +176,19 @@ def test_true_peak_skips_only_stretches_that_cannot_hold_it():
         meter = chunked(PeakMeter(x.shape[0]), x, np.random.default_rng(0).integers(1, 9000, 1000))
         assert meter.true_peak_db == pytest.approx(expected, abs=1e-9)
     assert oversampled_peak_everywhere(quiet_with_click) > sample_peak_db(quiet_with_click) + 0.5
+
+
+def test_true_peak_exceeds_answers_like_the_meter():
+    from cakfx.dsp.loudness import true_peak_exceeds
+
+    sr = 44100
+    rng = np.random.default_rng(9)
+    click = rng.normal(0, 0.01, (2, 2 * sr))
+    click[0, sr + 5 : sr + 7] = [0.6, -0.6]  # its true peak is between samples
+    limited = np.clip(drums(1.5, sr, channels=2).astype(np.float64) * 4, -0.8, 0.8)
+    for x in (click, limited, program(2.0, sr), np.zeros((1, 100))):
+        peak = true_peak_db(x)
+        for db in (peak - 0.5, peak - 1e-6, peak + 1e-6, peak + 0.5, -1.0, -60.0):
+            if math.isfinite(db):
+                assert true_peak_exceeds(x, db) == (peak > db), (peak, db)
+    assert true_peak_exceeds(click, sample_peak_db(click) + 0.1)  # found between samples

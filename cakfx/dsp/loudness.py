@@ -11,6 +11,8 @@ array is one channel) and return plain floats in dB:
 -23.05
 >>> round(sample_peak_db(tone), 1)
 -20.0
+>>> true_peak_exceeds(tone, -21.0), true_peak_exceeds(tone, -19.0)
+(True, False)
 
 ``integrated_loudness`` is pyloudnorm's BS.1770-4 meter (K-weighting, 400 ms blocks with 75 %
 overlap, -70 LUFS absolute and -10 LU relative gates). Two cases it cannot gate:
@@ -116,6 +118,26 @@ def true_peak_db(audio) -> float:
     for a in range(0, max(audio.shape[-1], 1), CHUNK):
         meter.process(audio[..., a : a + CHUNK])
     return meter.true_peak_db
+
+
+def true_peak_exceeds(audio, db: float) -> bool:
+    """``true_peak_db(audio) > db``, answered without oversampling what cannot reach ``db``
+    and from the first sample or inter-sample peak above it (a limiter's on/off decision)."""
+    audio = _as_array(audio)
+    if audio.ndim == 1:
+        audio = audio[None]
+    below = 10.0 ** (db / 20.0) * (1 - 1e-9)  # what cannot pass db is skipped; dB decides the rest
+    history = np.zeros((audio.shape[0] if audio.ndim == 2 else 1, TAPS_PER_PHASE - 1))
+    for a in range(0, audio.shape[-1], CHUNK):
+        x = _as_2d(audio[..., a : a + CHUNK])
+        joined = np.concatenate([history, x], axis=1)
+        if _db(float(np.abs(x).max(initial=0.0)), 20.0) > db:
+            return True
+        if _db(_oversampled_peak(joined, below), 20.0) > db:
+            return True
+        history = joined[:, joined.shape[1] - (TAPS_PER_PHASE - 1) :]
+    ring_out = np.concatenate([history, np.zeros_like(history)], axis=1)
+    return _db(_oversampled_peak(ring_out, below), 20.0) > db
 
 
 def clipped_samples(audio, limit: float = 1.0) -> int:

@@ -9,10 +9,15 @@ presets, against soundfile read + write of the same files (the I/O floor):
   mono and stereo;
 * one 0.1 s file through texture-drums against its own read + write (per-file fixed cost);
 * the CLI's start-up cost (a ``cakfx process`` subprocess on one 0.1 s file minus the same
-  work in-process), and ``--jobs 2`` against ``--jobs 1`` on the one-shots.
+  work in-process), and the default ``--jobs`` against ``--jobs 1``;
+* the floor the neural models set: each model alone (level stage off, no other stage) on the
+  long files held in memory, no file I/O, against the same read + write.
+
+The presets run with ``--jobs`` as the CLI's default (``--jobs auto``; pass ``--jobs 1`` to time
+code from before ``jobs=None`` existed).
 
 Prints min / median seconds and the ratios to the floor (targets: texture-drums <= 3x on long
-files and <= 5x on one-shots, grain-smooth <= 8x on long files, a 0.1 s file <= 2x). Files are
+files and <= 5x on one-shots, grain-noisy <= 8x on long files, a 0.1 s file <= 2x). Files are
 24-bit WAV unless ``--subtype`` says otherwise.
 
     .venv/bin/python bench/batch.py [--long-files 10 --long-seconds 60 --oneshots 300 --repeats 3]
@@ -87,13 +92,20 @@ def io_floor(src: Path, dst: Path) -> None:
         sf.write(dst / path.name, audio, sr, format=info.format, subtype=info.subtype)
 
 
-def batch(src: Path, dst: Path, preset: str, jobs: int = 1) -> None:
-    """What ``cakfx process SRC -p PRESET -o DST --overwrite -q`` does, in-process."""
+MODEL_ONLY = {
+    "texture": 'effect = "cak.texture"\nweights = "cak-texture-default"\namount = 0.7\nlevel = "off"',
+    "grain": 'effect = "cak.grain"\nweights = "cak-grain-default"\ngrain = 1.5\nlevel = "off"',
+}
+
+
+def batch(src: Path, dst: Path, preset: str, jobs: int | None = None, chain=None) -> None:
+    """What ``cakfx process SRC -p PRESET -o DST --overwrite -q [--jobs N]`` does, in-process
+    (with ``chain``: a chain built before, as a batch's later files find it)."""
     from cakfx.batch import run_batch
     from cakfx.presets import build_chain, read_preset
 
     spec = read_preset(preset)
-    first = [build_chain(spec, device="cpu")]
+    first = [chain if chain is not None else build_chain(spec, device="cpu")]
     report = run_batch(
         [src],
         dst,
@@ -105,6 +117,15 @@ def batch(src: Path, dst: Path, preset: str, jobs: int = 1) -> None:
     if report.failed:
         bad = [f"{r.input}: {r.reason}" for r in report.files if r.status == "failed"]
         raise SystemExit("bench: files failed:\n" + "\n".join(bad[:5]))
+
+
+def models_alone(preset: Path, held: list) -> None:
+    """The preset's chain on each held file, in memory: no reading, writing or metering."""
+    from cakfx.presets import build_chain, read_preset
+
+    chain = build_chain(read_preset(str(preset)), device="cpu")
+    for audio, sr in held:
+        chain(np.ascontiguousarray(audio.T), sr)
 
 
 def timed(fn) -> float:
@@ -122,7 +143,8 @@ def main() -> None:
     parser.add_argument("--tiny-repeats", type=int, default=20)
     parser.add_argument("--subtype", default="PCM_24")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the CLI's default)")
-    parser.add_argument("--no-grain", action="store_true", help="skip grain-smooth (slow)")
+    parser.add_argument("--no-grain", action="store_true", help="skip grain-noisy (slow)")
+    parser.add_argument("--jobs", default="auto", help="--jobs of the preset runs: auto (the default) or N")
     parser.add_argument("--quick", action="store_true", help="3 x 20 s long files, 60 one-shots")
     args = parser.parse_args()
     if args.quick:
@@ -130,37 +152,51 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    jobs = None if args.jobs == "auto" else int(args.jobs)
     load = os.getloadavg()[0]
-    presets = ["gain", "texture-drums"] + ([] if args.no_grain else ["grain-smooth"])
+    presets = ["gain", "texture-drums"] + ([] if args.no_grain else ["grain-noisy"])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         corpora = make_corpora(root, args, np.random.default_rng(0))
         gain_preset = root / "gain.toml"
         gain_preset.write_text(GAIN_PRESET)
         preset_ref = {"gain": str(gain_preset), "texture-drums": "texture-drums"}
-        preset_ref["grain-smooth"] = "grain-smooth"
+        preset_ref["grain-noisy"] = "grain-noisy"
         out = root / "out"
         tasks: dict[tuple[str, str], object] = {}
         for corpus in ("long", "oneshots"):
             tasks[(corpus, "read+write")] = lambda c=corpus: io_floor(corpora[c], out / c / "floor")
             for name in presets:
-                if corpus == "oneshots" and name == "grain-smooth":
+                if corpus == "oneshots" and name == "grain-noisy":
                     continue
-                tasks[(corpus, name)] = lambda c=corpus, p=name: batch(corpora[c], out / c / p, preset_ref[p])
-        tasks[("oneshots", "texture-drums --jobs 2")] = lambda: batch(
-            corpora["oneshots"], out / "oneshots" / "jobs2", "texture-drums", jobs=2
-        )
+                tasks[(corpus, name)] = lambda c=corpus, p=name: batch(
+                    corpora[c], out / c / p, preset_ref[p], jobs
+                )
+            tasks[(corpus, "texture-drums --jobs 1")] = lambda c=corpus: batch(
+                corpora[c], out / c / "jobs1", "texture-drums", 1
+            )
+        held = [sf.read(p, dtype="float32", always_2d=True) for p in sorted(corpora["long"].iterdir())]
+        for model in ("texture",) + (() if args.no_grain else ("grain",)):
+            path = root / f"{model}-only.toml"
+            path.write_text(f'[preset]\nname = "{model}-only"\n[[chain]]\nid = "m"\n{MODEL_ONLY[model]}\n')
+            tasks[("long", f"{model} model alone")] = lambda p=path: models_alone(p, held)
         for fn in tasks.values():  # warm-up: imports, weights, FFT plans, first files
             fn()
         times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks}
         for _ in range(args.repeats):
             for key, fn in tasks.items():
                 times[key].append(timed(fn))
-        tiny = {"read+write": [], "texture-drums": []}
+        from cakfx.presets import build_chain, read_preset
+
+        built = build_chain(read_preset("texture-drums"), device="cpu")
+        tiny = {"read+write": [], "texture-drums": [], "chain built": []}
         for _ in range(args.tiny_repeats):
             tiny["read+write"].append(timed(lambda: io_floor(corpora["tiny"], out / "tiny" / "floor")))
             tiny["texture-drums"].append(
-                timed(lambda: batch(corpora["tiny"], out / "tiny" / "t", "texture-drums"))
+                timed(lambda: batch(corpora["tiny"], out / "tiny" / "t", "texture-drums", jobs))
+            )
+            tiny["chain built"].append(
+                timed(lambda: batch(corpora["tiny"], out / "tiny" / "b", "texture-drums", jobs, built))
             )
         # CLI start-up: a subprocess on the 0.1 s file against the same work in-process
         cli = [sys.executable, "-m", "cakfx", "process", str(corpora["tiny"]), "-p", str(gain_preset)]
@@ -168,7 +204,7 @@ def main() -> None:
         startup = []
         for _ in range(3):
             sub = timed(lambda: subprocess.run(cli, check=True, capture_output=True))
-            inproc = timed(lambda: batch(corpora["tiny"], out / "tiny" / "g", str(gain_preset)))
+            inproc = timed(lambda: batch(corpora["tiny"], out / "tiny" / "g", str(gain_preset), jobs))
             startup.append(sub - inproc)
         shutil.rmtree(out, ignore_errors=True)
 
@@ -179,8 +215,9 @@ def main() -> None:
         f"corpora: long = {args.long_files} x {args.long_seconds:g} s stereo 44.1/48 kHz; one-shots = "
         f"{args.oneshots} files 0.1-2 s, 22.05/44.1/48/96 kHz, mono/stereo; {args.subtype} WAV"
     )
-    print(f"{args.repeats} interleaved repeats, {args.threads} torch threads, {os.cpu_count()} cores")
-    targets = {("long", "texture-drums"): 3, ("oneshots", "texture-drums"): 5, ("long", "grain-smooth"): 8}
+    print(f"{args.repeats} interleaved repeats, {args.threads} torch threads, {os.cpu_count()} cores, "
+          f"--jobs {args.jobs}")
+    targets = {("long", "texture-drums"): 3, ("oneshots", "texture-drums"): 5, ("long", "grain-noisy"): 8}
     for corpus in ("long", "oneshots"):
         floor_min, floor_med = mm(times[(corpus, "read+write")])
         print(f"\n{corpus}: read+write floor {floor_min:.3f} / {floor_med:.3f} s (min / median)")
@@ -195,15 +232,18 @@ def main() -> None:
                 f"{med / floor_med:5.2f}x median{note}"
             )
     floor_min, floor_med = mm(tiny["read+write"])
-    lo, med = mm(tiny["texture-drums"])
-    print(
-        f"\n0.1 s stereo file through texture-drums: {lo * 1e3:.1f} / {med * 1e3:.1f} ms against read+write "
-        f"{floor_min * 1e3:.1f} / {floor_med * 1e3:.1f} ms: ratio {lo / floor_min:.2f}x min, "
-        f"{med / floor_med:.2f}x median (target <= 2x)"
-    )
+    print(f"\n0.1 s stereo file: read+write {floor_min * 1e3:.1f} / {floor_med * 1e3:.1f} ms")
+    for key, what in (("chain built", "per file (chain already built, as for a batch's files)"),
+                      ("texture-drums", "alone (the run builds its chain)")):
+        lo, med = mm(tiny[key])
+        print(
+            f"  texture-drums, {what}: {lo * 1e3:.1f} / {med * 1e3:.1f} ms: ratio {lo / floor_min:.2f}x min, "
+            f"{med / floor_med:.2f}x median (target <= 2x)"
+        )
     print(f"CLI start-up (subprocess minus in-process, 0.1 s file): {min(startup):.2f} s min")
-    j1, j2 = min(times[("oneshots", "texture-drums")]), min(times[("oneshots", "texture-drums --jobs 2")])
-    print(f"--jobs 2 against --jobs 1 (one-shots, texture-drums): {j1 / j2:.2f}x faster")
+    for corpus in ("long", "oneshots"):
+        j1, jd = min(times[(corpus, "texture-drums --jobs 1")]), min(times[(corpus, "texture-drums")])
+        print(f"--jobs {args.jobs} against --jobs 1 ({corpus}, texture-drums, min): {j1 / jd:.2f}x faster")
     if load > 1.0:
         print(f"note: load average {load:.1f} on {os.cpu_count()} cores before the run: ratios noisier")
 

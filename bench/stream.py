@@ -2,7 +2,7 @@
 
 (a) Peak RSS: generates 96 kHz stereo 24-bit FLAC files of each ``--minutes`` length
 (written block by block), runs ``cakfx process --preset P`` on each in a child process and
-reads that child's peak RSS from ``os.wait4``. Target for texture-subtle and grain-smooth:
+reads that child's peak RSS from ``os.wait4``. Target for texture-subtle and grain-noisy:
 <= 600 MB and independent of length (5 and 20 minutes).
 
 (b) Real-time factor: for each bundled preset and buffer size (256/512/1024), processes
@@ -186,7 +186,7 @@ def main() -> None:
         return
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     if args.part in ("rss", "both"):
-        bench_rss(args.preset or ["texture-subtle", "grain-smooth"], args.minutes, args.device, args.engine)
+        bench_rss(args.preset or ["texture-subtle", "grain-noisy"], args.minutes, args.device, args.engine)
     if args.part in ("rtf", "both"):
         try:
             import torch

@@ -4,9 +4,10 @@ Guarantees (DESIGN §9): inputs are never written; outputs are written
 atomically; existing outputs are skipped unless ``overwrite`` (so a rerun
 resumes); one bad file, whatever went wrong (undecodable, an OS error such as
 a name too long or a full disk, an effect raising, NaN in the output), is
-reported by path and reason and the rest carry on. Every file is streamed:
-read in blocks, rendered by ``cakfx.streaming.render_stream`` and written in
-blocks, so memory does not grow with the file's length.
+reported by path and reason and the rest carry on. Every file is read in
+blocks, rendered by ``cakfx.streaming.render_stream`` and written in blocks;
+files longer than ``HOLD_SAMPLES`` stream, so memory does not grow with the
+file's length.
 
 The three steps are separate functions so another executor can reuse them:
 ``plan`` (what to do), ``process_file`` (one file) and ``BatchReport`` (what
@@ -19,6 +20,7 @@ import contextlib
 import errno
 import json
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +48,10 @@ from cakfx.paths import atomic_write_bytes
 
 #: formats whose header frame count is exact (MP3/OGG headers are estimates)
 EXACT_HEADER_FORMATS = {"WAV", "AIFF", "FLAC", "W64", "RF64", "CAF", "AU"}
+#: files of at most this many samples (all channels; 2**21 is 23.8 s of 44.1 kHz stereo, 8 MiB
+#: as float32) are rendered by one offline call: every model runs once instead of once more per
+#: measuring pass, and no stage pays per-block costs. Longer files stream in bounded memory.
+HOLD_SAMPLES = 2**21
 #: statuses that do not make the run fail
 BENIGN = {"ok", "exists", "not-audio", "planned"}
 
@@ -76,6 +82,7 @@ class BatchReport:
     files: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
     stale_removed: int = 0  # temporary files of killed runs cleaned from the output folder
+    jobs: int = 1  # files processed at once
 
     def count(self, status: str) -> int:
         return sum(1 for f in self.files if f.status == status)
@@ -224,7 +231,8 @@ def _render(chain, reader: BlockReader, sample_rate: int, writer: BlockWriter, b
     from cakfx.streaming import render_stream
 
     try:
-        render_stream(chain, reader, sample_rate, writer.write, buffer_size=buffer_size)
+        hold = HOLD_SAMPLES if reader.info.frames * reader.info.channels <= HOLD_SAMPLES else 0
+        render_stream(chain, reader, sample_rate, writer.write, buffer_size=buffer_size, hold=hold)
     except CakfxError:
         raise
     except Exception as exc:  # an effect failing on one file must not end the batch
@@ -378,7 +386,7 @@ def run_batch(
     out_format: str = "same",
     overwrite: bool = False,
     dry_run: bool = False,
-    jobs: int = 1,
+    jobs: int | None = 1,
     progress: bool = True,
     on_result: Callable[[FileResult], None] | None = None,
     buffer_size: int = 8192,
@@ -387,7 +395,8 @@ def run_batch(
     """Process every audio file under ``inputs`` into ``out_dir``.
 
     ``chain_factory()`` builds a chain; with ``jobs > 1`` each worker thread
-    builds its own (effects keep state such as reverb tails). The batch always
+    builds its own (effects keep state such as reverb tails) and runs its files
+    single-threaded. ``jobs=None``: ``default_jobs`` (one file per core). The batch always
     finishes: every failure is a ``failed`` entry with its reason. An ``executor``
     (:mod:`cakfx.executors`) processes the planned files instead; ``chain_factory`` is unused.
     """
@@ -473,6 +482,7 @@ def _run(
             display_path(src), display_path(dst), "failed", reason, seconds=round(time.perf_counter() - t0, 4)
         )
 
+    jobs = report.jobs = default_jobs(len(todo)) if jobs is None else max(1, min(int(jobs), len(todo)))
     bar = tqdm(total=len(todo), unit="file", disable=not progress, desc="processing", dynamic_ncols=True)
     try:
         if executor is not None:  # e.g. Ray actors; planning and the report stay here
@@ -481,13 +491,40 @@ def _run(
             for pair in todo:
                 _record(report, work(pair), bar, on_result)
         else:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
+            with _one_thread_per_file(), ThreadPoolExecutor(max_workers=jobs) as pool:
                 for result in pool.map(work, todo):
                     _record(report, result, bar, on_result)
     finally:
         bar.close()
         report.seconds = time.perf_counter() - start
     return report
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_jobs(files: int) -> int:
+    """Files in parallel when ``--jobs`` is not given: one per core, at most one per file.
+
+    Measured (``bench/batch.py``, 2 cores): two files at once with one thread each beat one file
+    at a time with two block threads, on long files and on one-shots.
+    """
+    return max(1, min(available_cores(), files))
+
+
+def _one_thread_per_file():
+    """Files in parallel each run single-threaded (``cakfx.dsp.threads.one_thread_per_file``);
+    without torch loaded there is nothing to set."""
+    if "torch" not in sys.modules:
+        return contextlib.nullcontext()
+    from cakfx.dsp.threads import one_thread_per_file
+
+    return one_thread_per_file()
 
 
 def _exists(path: Path) -> bool:

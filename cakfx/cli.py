@@ -165,7 +165,10 @@ def _echo_json(data) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would be written, write nothing.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write per-file results as JSON.")
 @click.option(
-    "--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64), help="Files in parallel."
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 64),
+    help="Files in parallel, each on one thread (default: one per CPU core, at most one per file).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 # ---- --executor ray (cakfx.executors.ray) ----
@@ -267,7 +270,7 @@ def process(
             output=display_path(out_dir),
             device=str(dev),
             overrides=overrides,
-            executor=runner.describe() if runner else {"executor": "local", "jobs": jobs},
+            executor=runner.describe() if runner else {"executor": "local", "jobs": result.jobs},
         )
     click.echo(f"{result.summary()} -> {display_path(out_dir)}", err=True)
     if not result.ok:

@@ -13,7 +13,10 @@ blocks) and the nodes (which stream with ``reset=False``). Contract::
 * the concatenated output equals ``chain(whole_input, sample_rate)`` (``reset=True``) to
   float rounding.
 
-Memory is bounded by the block size and the chain's latency, not the input's length.
+Memory is bounded by the block size and the chain's latency, not the input's length; with
+``hold=N`` an input of at most ``N`` samples (all channels together) is gathered and rendered
+by that one offline call instead, so each model runs once rather than once more per measuring
+pass (the batch engine does this for files that fit its budget).
 A file played in real time is the same loop at the device's block size::
 
     >>> import numpy as np, pedalboard, cakfx
@@ -38,6 +41,8 @@ import numpy as np
 
 from cakfx.node import EffectNode
 
+SINK_BLOCK = 1 << 16  # output blocks of a held (offline) render: fewer, larger writes and meter calls
+
 
 def render_stream(
     chain,
@@ -45,6 +50,7 @@ def render_stream(
     sample_rate: float,
     sink: Callable[[np.ndarray], None],
     buffer_size: int = 8192,
+    hold: int = 0,
 ) -> None:
     """Stream ``blocks()`` through ``chain`` into ``sink`` (see the module docstring).
 
@@ -54,6 +60,11 @@ def render_stream(
     ``latency_samples`` output samples and flushes the tail with silence. Measurements
     are forgotten at the end, so the chain's later live use starts from its running
     estimates.
+
+    ``hold``: inputs of at most this many samples (all channels) take one offline call
+    (``reset=True``) instead, unless the chain holds a stage whose stream differs from its
+    offline output (``cakfx.chain.NOT_STREAM_EQUAL``); longer ones stream, after one
+    partial read.
     """
     import pedalboard
 
@@ -65,6 +76,13 @@ def render_stream(
         return
     if not isinstance(chain, EffectNode):
         chain = Chain([chain])  # a bare pedalboard plugin
+    if hold > 0 and _offline_equals_stream(chain):
+        whole = _gather(blocks, hold)
+        if whole is not None:
+            if whole.shape[1]:
+                out = chain.process_block(whole, float(sample_rate), max(1, int(buffer_size)), True)
+                _sink_blocks(out, sink, max(buffer_size, SINK_BLOCK))  # the output is held anyway
+            return
     measured: list[EffectNode] = []
     try:
         for node, upto in _measure_targets(chain):
@@ -83,10 +101,54 @@ def _render_whole(fn, blocks, sample_rate: float, sink, buffer_size: int) -> Non
     parts = [np.asarray(b, dtype=np.float32) for b in blocks()]
     if not parts:
         return
-    out = np.asarray(fn(np.concatenate(parts, axis=-1), sample_rate))
+    _sink_blocks(np.asarray(fn(np.concatenate(parts, axis=-1), sample_rate)), sink, buffer_size)
+
+
+def _sink_blocks(out: np.ndarray, sink, buffer_size: int) -> None:
     step = max(1, int(buffer_size))
     for start in range(0, out.shape[-1], step):
         sink(out[:, start : start + step])
+
+
+def _gather(blocks, hold: int) -> np.ndarray | None:
+    """The whole input as one ``(channels, n)`` float32 array, or None once it passes ``hold`` samples."""
+    parts, total, channels = [], 0, None
+    source = iter(blocks())
+    try:
+        for block in source:
+            block = np.atleast_2d(np.asarray(block, dtype=np.float32))
+            if channels is None:
+                channels = block.shape[0]
+            elif block.shape[0] != channels:
+                raise ValueError(f"a block has {block.shape[0]} channels, the stream {channels}")
+            total += block.size
+            if total > hold:
+                return None
+            parts.append(block)
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()  # a generator reading a file lets it go now
+    if not parts:
+        return np.zeros((1, 0), np.float32)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+def _offline_equals_stream(chain: EffectNode) -> bool:
+    """False where a native stage streams differently from its own offline output."""
+    import pedalboard
+
+    from cakfx.chain import NOT_STREAM_EQUAL, Chain, _natives
+
+    items = chain.items if isinstance(chain, Chain) else [chain]
+    for item in items:
+        if isinstance(item, Chain) and not _offline_equals_stream(item):
+            return False
+        if isinstance(item, pedalboard.Plugin) and any(
+            type(leaf).__name__ in NOT_STREAM_EQUAL for leaf in _natives(item)
+        ):
+            return False
+    return True
 
 
 def _run(chain: EffectNode, blocks, sample_rate: float, sink, buffer_size: int) -> None:

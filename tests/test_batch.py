@@ -210,3 +210,61 @@ def test_process_file_api(tmp_path):
     with pytest.raises(cakfx.CakfxError, match="overwrite the input"):
         cakfx.process_file(src, src, chain)
     assert os.path.getsize(src) > 0
+
+
+def test_jobs_default_to_one_file_per_core_with_the_same_outputs(tmp_path):
+    from cakfx.batch import available_cores, default_jobs, run_batch
+    from cakfx.presets import build_chain, read_preset
+    from tests.signals import drums
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, sr in enumerate((44100, 48000, 22050)):
+        sf.write(src / f"d{i}.wav", drums(0.7, sr, channels=2).T, sr, subtype="FLOAT")
+    import torch
+
+    from cakfx.dsp import threads
+
+    spec = read_preset("texture-subtle")
+    torch_threads = torch.get_num_threads()
+    outputs = {}
+    for jobs in (1, None, 3):
+        report = run_batch([src], tmp_path / f"out{jobs}", lambda: build_chain(spec, device="cpu"), jobs=jobs,
+                           progress=False)
+        assert report.ok and report.count("ok") == 3
+        assert report.jobs == (min(available_cores(), 3) if jobs is None else jobs)
+        outputs[jobs] = [sf.read(tmp_path / f"out{jobs}" / f"d{i}.wav")[0] for i in range(3)]
+    for jobs in (None, 3):  # one thread per file gives what block threads give
+        assert all(np.array_equal(a, b) for a, b in zip(outputs[1], outputs[jobs]))
+    assert default_jobs(1) == 1 and default_jobs(10**4) == available_cores()
+    assert torch.get_num_threads() == torch_threads and threads._per_file == 0  # restored afterwards
+
+
+def test_short_files_render_once_offline_and_long_ones_stream(tmp_path, monkeypatch):
+    import cakfx
+    import cakfx.batch
+
+    class Counting(cakfx.EffectNode):
+        """Halves the level; counts offline calls and streamed blocks, and needs a measuring pass."""
+
+        name = "test.counting"
+        offline = streamed = 0
+        needs_measure = True
+
+        def process_channels(self, audio, sample_rate):
+            Counting.offline += 1
+            return audio * np.float32(0.5)
+
+        def stream_channels(self, audio, sample_rate):
+            Counting.streamed += 1
+            return audio * np.float32(0.5)
+
+    x = tone(0.5, sr=44100, channels=2)
+    sf.write(tmp_path / "in.wav", x.T, 44100, subtype="FLOAT")
+    cakfx.batch.process_file(tmp_path / "in.wav", tmp_path / "held.wav", Counting())
+    assert (Counting.offline, Counting.streamed) == (1, 0)  # one offline call, no measuring pass
+    monkeypatch.setattr(cakfx.batch, "HOLD_SAMPLES", x.size - 1)  # one sample too long to hold
+    cakfx.batch.process_file(tmp_path / "in.wav", tmp_path / "streamed.wav", Counting())
+    assert Counting.offline == 1 and Counting.streamed >= 2  # a measuring pass and the render
+    held, streamed = sf.read(tmp_path / "held.wav")[0], sf.read(tmp_path / "streamed.wav")[0]
+    assert np.array_equal(held, streamed) and np.allclose(held, 0.5 * x.T, atol=1e-7)

@@ -138,3 +138,57 @@ def test_bad_input_gets_one_clear_error():
         integrated_loudness(np.array([[0.0, np.nan]]), 44100)
     with pytest.raises(ValueError, match="channels"):
         LoudnessMeter(44100, 2).process(np.zeros((1, 10)))
+
+
+@pytest.mark.parametrize("sr, channels, seconds", [(22050, 1, 2.5), (44100, 2, 7.3), (48000, 5, 1.1),
+                                                   (96000, 2, 0.9)])
+def test_integrated_loudness_equals_pyloudnorm_across_rates_and_layouts(sr, channels, seconds):
+    rng = np.random.default_rng(sr + channels)
+    n = int(seconds * sr)
+    x = rng.normal(0, 0.1, (channels, n)) * np.linspace(0.05, 1.0, n) ** 3
+    x[:, n // 2 : n // 2 + sr // 3] *= 1e-3  # a quiet stretch for the relative gate
+    ref = pyloudnorm.Meter(sr).integrated_loudness(x.T.copy())
+    assert integrated_loudness(x, sr) == pytest.approx(ref, abs=0.01)
+    assert integrated_loudness(x.astype(np.float32), sr) == pytest.approx(ref, abs=0.01)
+
+
+def oversampled_peak_everywhere(x: np.ndarray) -> float:
+    """BS.1770 true peak straight from the definition: every phase at every position, ring-out included."""
+    from cakfx.dsp.loudness import _TRUE_PEAK_FIR, OVERSAMPLE
+
+    peak = float(np.abs(x).max())
+    for row in np.asarray(x, np.float64):
+        for p in range(OVERSAMPLE):
+            peak = max(peak, float(np.abs(np.convolve(row, _TRUE_PEAK_FIR[p::OVERSAMPLE], "full")).max()))
+    return 20 * math.log10(peak)
+
+
+def test_true_peak_skips_only_stretches_that_cannot_hold_it():
+    sr = 44100
+    rng = np.random.default_rng(5)
+    quiet_with_click = rng.normal(0, 0.01, (2, 3 * sr))
+    quiet_with_click[1, 2 * sr + 17 : 2 * sr + 19] = [0.7, -0.7]  # one inter-sample over in quiet noise
+    near_ceiling = np.clip(drums(2.0, sr, channels=2).astype(np.float64) * 4, -0.9, 0.9)  # dense peaks
+    tone_at_quarter_rate = (np.sin(2 * np.pi * np.arange(sr) / 4 + np.pi / 4) * 0.5)[None]
+    for x in (quiet_with_click, near_ceiling, tone_at_quarter_rate):
+        expected = oversampled_peak_everywhere(x)
+        assert true_peak_db(x) == pytest.approx(expected, abs=1e-9)
+        meter = chunked(PeakMeter(x.shape[0]), x, np.random.default_rng(0).integers(1, 9000, 1000))
+        assert meter.true_peak_db == pytest.approx(expected, abs=1e-9)
+    assert oversampled_peak_everywhere(quiet_with_click) > sample_peak_db(quiet_with_click) + 0.5
+
+
+def test_true_peak_exceeds_answers_like_the_meter():
+    from cakfx.dsp.loudness import true_peak_exceeds
+
+    sr = 44100
+    rng = np.random.default_rng(9)
+    click = rng.normal(0, 0.01, (2, 2 * sr))
+    click[0, sr + 5 : sr + 7] = [0.6, -0.6]  # its true peak is between samples
+    limited = np.clip(drums(1.5, sr, channels=2).astype(np.float64) * 4, -0.8, 0.8)
+    for x in (click, limited, program(2.0, sr), np.zeros((1, 100))):
+        peak = true_peak_db(x)
+        for db in (peak - 0.5, peak - 1e-6, peak + 1e-6, peak + 0.5, -1.0, -60.0):
+            if math.isfinite(db):
+                assert true_peak_exceeds(x, db) == (peak > db), (peak, db)
+    assert true_peak_exceeds(click, sample_peak_db(click) + 0.1)  # found between samples

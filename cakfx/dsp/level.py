@@ -79,7 +79,7 @@ import math
 
 import numpy as np
 
-from cakfx.dsp.loudness import LoudnessMeter, PeakMeter, integrated_loudness, true_peak_db
+from cakfx.dsp.loudness import LoudnessMeter, PeakMeter, integrated_loudness, true_peak_exceeds
 from cakfx.dsp.resample import DelayLine
 
 MODES = ("match", "original", "off")
@@ -215,7 +215,7 @@ class LevelStage:
         gain_db = self._match_gain_db(loudness_in, loudness_out)
         gain = np.asarray(_db_to_gain(gain_db), dtype=ya.dtype)
         out = ya * gain
-        limiting = true_peak_db(out) > self.ceiling_db
+        limiting = true_peak_exceeds(out, self.ceiling_db)
         if limiting:
             # reset=True: pedalboard compensates the look-ahead, the output is aligned
             limited = _limiter(self.ceiling_db).process(out.astype(np.float32), sample_rate, reset=True)

@@ -11,6 +11,8 @@ array is one channel) and return plain floats in dB:
 -23.05
 >>> round(sample_peak_db(tone), 1)
 -20.0
+>>> true_peak_exceeds(tone, -21.0), true_peak_exceeds(tone, -19.0)
+(True, False)
 
 ``integrated_loudness`` is pyloudnorm's BS.1770-4 meter (K-weighting, 400 ms blocks with 75 %
 overlap, -70 LUFS absolute and -10 LU relative gates). Two cases it cannot gate:
@@ -31,6 +33,7 @@ low-pass) and the largest magnitude of the oversampled signal (never less than t
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -50,13 +53,23 @@ TAPS_PER_PHASE = 16
 _TRUE_PEAK_FIR = OVERSAMPLE * signal.firwin(
     OVERSAMPLE * TAPS_PER_PHASE, 1.0 / OVERSAMPLE, window=("kaiser", 7.0)
 )
+# An oversampled value is at most this times the largest input sample it is made of (1.91:
+# the largest sum of a phase's |taps|; the margin covers rounding), so stretches of signal
+# that low cannot hold a peak above one already found and are not oversampled at all.
+_PEAK_BOUND = max(float(np.abs(_TRUE_PEAK_FIR[p::OVERSAMPLE]).sum()) for p in range(OVERSAMPLE)) * (1 + 1e-9)
+SEGMENT = 256  # oversampled outputs per segment judged by that bound
+CHUNK = 1 << 16  # whole-signal functions measure this many samples per channel at a time
+
+
+def _as_array(audio) -> np.ndarray:
+    if hasattr(audio, "detach"):
+        audio = audio.detach().cpu().numpy()
+    return np.asarray(audio)
 
 
 def _as_2d(audio) -> np.ndarray:
     """``(C, N)`` float64 numpy view of a numpy array or torch tensor; rejects non-finite samples."""
-    if hasattr(audio, "detach"):
-        audio = audio.detach().cpu().numpy()
-    x = np.asarray(audio, dtype=np.float64)
+    x = np.asarray(_as_array(audio), dtype=np.float64)
     if x.ndim == 1:
         x = x[None]
     if x.ndim != 2:
@@ -75,19 +88,19 @@ def _channel_gains(channels: int) -> np.ndarray:
 
 
 def integrated_loudness(audio, sample_rate: float) -> float:
-    """Integrated loudness of ``audio`` (``(C, N)``) in LUFS, per ITU-R BS.1770-4 (pyloudnorm).
+    """Integrated loudness of ``audio`` (``(C, N)``) in LUFS, per ITU-R BS.1770-4 (pyloudnorm's
+    filters, blocks and gates; equal to ``pyloudnorm.Meter(sample_rate).integrated_loudness``).
 
     Shorter than 400 ms: the K-weighted RMS level of the whole signal in the same scale.
     Digital silence (or nothing above the -70 LUFS gate): ``-inf``.
     """
-    x = _as_2d(audio)
-    if x.shape[1] < BLOCK_SECONDS * sample_rate or x.shape[0] > len(CHANNEL_GAINS):
-        meter = LoudnessMeter(sample_rate, x.shape[0])
-        meter.process(x)
-        return meter.loudness
-    if not x.any():
-        return -math.inf
-    return float(pyloudnorm.Meter(sample_rate).integrated_loudness(x.T))
+    audio = _as_array(audio)
+    if audio.ndim == 1:
+        audio = audio[None]
+    meter = LoudnessMeter(sample_rate, audio.shape[0] if audio.ndim == 2 else 1)
+    for a in range(0, max(audio.shape[-1], 1), CHUNK):  # float64 copies of a chunk at a time
+        meter.process(audio[..., a : a + CHUNK])
+    return meter.loudness
 
 
 def sample_peak_db(audio) -> float:
@@ -98,10 +111,33 @@ def sample_peak_db(audio) -> float:
 
 def true_peak_db(audio) -> float:
     """True peak in dBTP: the largest magnitude of the 4x oversampled signal (BS.1770-4 Annex 2)."""
-    x = _as_2d(audio)
-    meter = PeakMeter(x.shape[0])
-    meter.process(x)
+    audio = _as_array(audio)
+    if audio.ndim == 1:
+        audio = audio[None]
+    meter = PeakMeter(audio.shape[0] if audio.ndim == 2 else 1)
+    for a in range(0, max(audio.shape[-1], 1), CHUNK):
+        meter.process(audio[..., a : a + CHUNK])
     return meter.true_peak_db
+
+
+def true_peak_exceeds(audio, db: float) -> bool:
+    """``true_peak_db(audio) > db``, answered without oversampling what cannot reach ``db``
+    and from the first sample or inter-sample peak above it (a limiter's on/off decision)."""
+    audio = _as_array(audio)
+    if audio.ndim == 1:
+        audio = audio[None]
+    below = 10.0 ** (db / 20.0) * (1 - 1e-9)  # what cannot pass db is skipped; dB decides the rest
+    history = np.zeros((audio.shape[0] if audio.ndim == 2 else 1, TAPS_PER_PHASE - 1))
+    for a in range(0, audio.shape[-1], CHUNK):
+        x = _as_2d(audio[..., a : a + CHUNK])
+        joined = np.concatenate([history, x], axis=1)
+        if _db(float(np.abs(x).max(initial=0.0)), 20.0) > db:
+            return True
+        if _db(_oversampled_peak(joined, below), 20.0) > db:
+            return True
+        history = joined[:, joined.shape[1] - (TAPS_PER_PHASE - 1) :]
+    ring_out = np.concatenate([history, np.zeros_like(history)], axis=1)
+    return _db(_oversampled_peak(ring_out, below), 20.0) > db
 
 
 def clipped_samples(audio, limit: float = 1.0) -> int:
@@ -114,9 +150,10 @@ def clipped_samples(audio, limit: float = 1.0) -> int:
 class LoudnessMeter:
     """Streaming BS.1770-4 integrated loudness: ``process`` blocks of any size, read ``loudness``.
 
-    The K-weighting is pyloudnorm's (its filter coefficients, run with ``scipy.signal.lfilter``
-    and carried state), the 400 ms blocks, their positions and the gates are pyloudnorm's, so
-    the result on any chunking equals ``integrated_loudness`` of the whole signal.
+    The K-weighting is pyloudnorm's (its filter coefficients, run as second-order sections with
+    ``scipy.signal.sosfilt`` and carried state), the 400 ms blocks, their positions and the gates
+    are pyloudnorm's, so the result on any chunking equals ``integrated_loudness`` of the whole
+    signal.
 
     >>> import numpy as np
     >>> sr = 44100
@@ -131,8 +168,7 @@ class LoudnessMeter:
     def __init__(self, sample_rate: float, channels: int) -> None:
         self.sample_rate = float(sample_rate)
         self.channels = int(channels)
-        filters = pyloudnorm.Meter(self.sample_rate)._filters.values()  # high shelf, then high pass
-        self._stages = [(f.b, f.a, float(f.passband_gain)) for f in filters]
+        self._sos, self._gain = _k_weighting(self.sample_rate)
         self._gains = _channel_gains(self.channels)[:, None]
         self._block_len = BLOCK_SECONDS * self.sample_rate  # float, as pyloudnorm's bounds
         self.reset()
@@ -142,7 +178,7 @@ class LoudnessMeter:
 
     def reset(self) -> None:
         """Forget everything measured so far."""
-        self._zi = [np.zeros((self.channels, max(len(a), len(b)) - 1)) for b, a, _ in self._stages]
+        self._zi = np.zeros((self._sos.shape[0], self.channels, 2))
         self._pending = np.zeros(0)  # channel-weighted K-weighted power per sample, from _start on
         self._start = 0  # absolute index of _pending[0]: the start of the first block not yet complete
         self._samples = 0
@@ -166,10 +202,9 @@ class LoudnessMeter:
             raise ValueError(f"LoudnessMeter expects {self.channels} channels, got {y.shape[0]}")
         if y.shape[1] == 0:
             return
-        for k, (b, a, gain) in enumerate(self._stages):
-            y, self._zi[k] = signal.lfilter(b, a, y, axis=-1, zi=self._zi[k])
-            if gain != 1.0:
-                y = y * gain
+        y, self._zi = signal.sosfilt(self._sos, y, axis=-1, zi=self._zi)
+        if self._gain != 1.0:
+            y = y * self._gain
         self._pending = np.concatenate([self._pending, (self._gains * np.square(y)).sum(axis=0)])
         self._samples += y.shape[1]
         while True:
@@ -206,6 +241,15 @@ class LoudnessMeter:
             lo, hi = self._bounds(j)
             powers.append(self._block_power(lo, min(hi, n)))
         return gated_loudness(np.asarray(powers))
+
+
+@functools.lru_cache(maxsize=16)
+def _k_weighting(sample_rate: float) -> tuple[np.ndarray, float]:
+    """pyloudnorm's K-weighting (high shelf, then high pass) as second-order sections, one pass
+    over the signal instead of two, and the product of its passband gains."""
+    filters = pyloudnorm.Meter(sample_rate)._filters.values()
+    sos = np.vstack([signal.tf2sos(f.b, f.a) for f in filters])
+    return sos, math.prod(float(f.passband_gain) for f in filters)
 
 
 def gated_loudness(powers: np.ndarray) -> float:
@@ -263,7 +307,8 @@ class PeakMeter:
         self._sample_peak = max(self._sample_peak, float(magnitude.max()))
         self.clipped += int(np.count_nonzero(magnitude > self.limit))
         joined = np.concatenate([self._history, x], axis=1)
-        self._oversampled_peak = max(self._oversampled_peak, _oversampled_peak(joined, "valid"))
+        known = max(self._sample_peak, self._oversampled_peak)
+        self._oversampled_peak = max(self._oversampled_peak, _oversampled_peak(joined, known))
         self._history = joined[:, joined.shape[1] - (TAPS_PER_PHASE - 1) :]
 
     @property
@@ -274,23 +319,60 @@ class PeakMeter:
     @property
     def true_peak_db(self) -> float:
         """True peak so far, dBTP (including the ring-out after the last sample)."""
-        peak = max(self._sample_peak, self._oversampled_peak, _oversampled_peak(self._history, "tail"))
-        return _db(peak, 20.0)
+        ring_out = np.concatenate([self._history, np.zeros_like(self._history)], axis=1)
+        peak = max(self._sample_peak, self._oversampled_peak)
+        return _db(max(peak, _oversampled_peak(ring_out, peak)), 20.0)
 
 
-def _oversampled_peak(joined: np.ndarray, part: str) -> float:
-    """Largest magnitude of the oversampled signal: ``"valid"`` for the positions after the
-    first ``TAPS_PER_PHASE - 1`` samples of ``joined`` (its history), ``"tail"`` for the ring-out
-    after its end. Polyphase: phase ``p`` of the output is ``joined`` convolved with every
-    ``OVERSAMPLE``-th tap from ``p`` (direct sums, so any chunking gives the same values)."""
+def _oversampled_peak(joined: np.ndarray, known: float = 0.0) -> float:
+    """Largest magnitude of the oversampled signal at the positions after the first
+    ``TAPS_PER_PHASE - 1`` samples of ``joined`` (its history), where it exceeds ``known``
+    (else some value not above ``known``).
+
+    Polyphase: phase ``p`` of the output is ``joined`` convolved with every ``OVERSAMPLE``-th
+    tap from ``p`` (direct sums, so any chunking gives the same values).
+    Only segments whose input could reach past ``known`` (``_PEAK_BOUND``) are computed,
+    loudest first, raising ``known`` as they go.
+    """
+    channels, length = joined.shape
+    outputs = length - (TAPS_PER_PHASE - 1)
+    if outputs <= 0:
+        return 0.0
+    if outputs <= 4 * SEGMENT:  # a short block: all of it at once, without the bookkeeping
+        if float(np.abs(joined).max()) * _PEAK_BOUND <= known:
+            return 0.0
+        return max(float(np.abs(np.convolve(row, _TRUE_PEAK_FIR[p::OVERSAMPLE], "valid")).max())
+                   for row in joined for p in range(OVERSAMPLE))
+    count = -(-outputs // SEGMENT)
+    padded = np.zeros((channels, (count + 1) * SEGMENT))
+    padded[:, :length] = joined
+    # the input of segment s is blocks s and s + 1 (it needs TAPS_PER_PHASE - 1 <= SEGMENT more)
+    block_max = np.abs(padded).reshape(channels, count + 1, SEGMENT).max(axis=-1)
+    reach = (np.maximum(block_max[:, :-1], block_max[:, 1:]) * _PEAK_BOUND).ravel()
+    if float(reach.max()) <= known:
+        return 0.0
+    order = np.argsort(-reach, kind="stable")
+    order = order[reach[order] > known]
     peak = 0.0
-    for row in joined:
-        for p in range(OVERSAMPLE):
-            taps = _TRUE_PEAK_FIR[p::OVERSAMPLE]
-            if part == "valid":
-                y = np.convolve(row, taps, mode="valid")
-            else:
-                y = np.convolve(row, taps, mode="full")[TAPS_PER_PHASE - 1 :]
-            if y.size:
-                peak = max(peak, float(np.abs(y).max()))
+    first = 4  # the loudest few alone first: the peak they give rules out most of the rest
+    for batch in (order[:first], *np.array_split(order[first:], max(1, (order.size - first) // 256))):
+        batch = batch[reach[batch] > max(known, peak)]
+        if batch.size:
+            peak = max(peak, _segment_peak(padded, outputs, batch // count, batch % count))
+    return peak
+
+
+def _segment_peak(padded: np.ndarray, outputs: int, rows: np.ndarray, segments: np.ndarray) -> float:
+    """Largest oversampled magnitude over the given (row, segment) pairs of valid outputs."""
+    starts = segments * SEGMENT
+    width = SEGMENT + TAPS_PER_PHASE - 1
+    windows = padded[rows[:, None], starts[:, None] + np.arange(width)]
+    valid = np.arange(SEGMENT) < (outputs - starts)[:, None]  # the last segment may be short
+    flat = windows.ravel()  # one convolution over the windows end to end; outputs straddling two are dropped
+    peak = 0.0
+    for p in range(OVERSAMPLE):
+        y = np.empty(windows.size)
+        taps = _TRUE_PEAK_FIR[p::OVERSAMPLE]
+        y[: flat.size - TAPS_PER_PHASE + 1] = np.abs(np.convolve(flat, taps, "valid"))
+        peak = max(peak, float(y.reshape(windows.shape)[:, :SEGMENT][valid].max()))
     return peak

@@ -42,8 +42,17 @@ Per preset and file (``FIELDS``):
   ``silence_out_db``: output peak for the silent input;
 * ``click_db``: the largest frame-to-frame broadband jump of the output
   (median over bins of the dB rise from one 1024-sample frame to the next,
-  hop 256, bins up to 20 kHz) minus the input's largest such jump. A click in a smooth pad
-  shows as a large positive figure; re-shaped onsets of drums stay near 0.
+  hop 256, bins up to 20 kHz, each file floored 80 dB under its own peak) minus
+  the input's largest such jump. It also reads a changed spectral balance as a
+  click: an output whose loudest band was cut has its floor lower, and a
+  brightened band that crosses the floor at an onset jumps from it (measured:
+  grain-airy on the Oxygen sound, +12 dB, with the same per-band rises in
+  input and output).
+* ``excess_db``: per bin, the output's dB rise from one frame to the next minus
+  the input's, the median over bins, its largest value (``click_excess_db``;
+  floored 120 dB under the input's peak). A static EQ reads 0, a gain step in
+  time (a click, a burst at a cut) reads its size; so does an onset the effect
+  moved earlier (texture's smear, an STFT mask's pre-echo: texture-subtle +15 dB).
 
 Summaries per preset: median and max over the corpus. ``--directions`` adds
 the measured direction of each neural control (texture amount, grain sign)
@@ -80,6 +89,7 @@ HF_EDGE = 22050.0
 AUDIBLE_HZ = 20000.0  # noise lift and clicks are judged in the audible band
 HF_MIN_SHARE_DB = 60.0  # HF kept is measured where the band above HF_EDGE holds more than -60 dB
 FLOOR_DB = 60.0  # bins within this of the (input) peak count as content
+CLICK_FLOOR_DB = 120.0  # spectrograms for the click figure: floored this far below the input's peak
 
 
 @dataclass(frozen=True)
@@ -127,7 +137,7 @@ CORPUS = (
 )
 
 FIELDS = ("lufs_in", "lufs_out", "d_lu", "peak_db", "true_peak_db", "clipped", "change_db",
-          "d_flatness", "d_centroid_hz", "hf_kept_db", "noise_lift_db", "click_db")
+          "d_flatness", "d_centroid_hz", "hf_kept_db", "noise_lift_db", "click_db", "excess_db")
 
 
 # ---------------------------------------------------------------- corpus
@@ -243,6 +253,23 @@ def max_broadband_jump_db(audio: np.ndarray, sr: float) -> float:
     return float(jumps.max()) if jumps.size else 0.0
 
 
+def click_excess_db(x: np.ndarray, y: np.ndarray, sr: float) -> float:
+    """Largest frame-to-frame broadband rise the output has beyond the input's at the same bins.
+
+    Per bin (1024-sample frames, hop 256, up to ``AUDIBLE_HZ``) the dB rise from one frame to the
+    next, output minus input, the median over bins, its largest value. Both spectrograms are
+    floored ``CLICK_FLOOR_DB`` below the input's peak (the output's floor moved by the overall
+    gain), low enough that a rise in a band the effect raised or cut as a whole, a static EQ,
+    counts the same in both; a step of the gain in time (a click) counts. A click in a smooth
+    pad shows as tens of dB; re-shaped onsets and a brighter or darker spectrum stay near 0.
+    """
+    dx, dy = _mag_db(x, 1024, 256, sr), _mag_db(y, 1024, 256, sr)
+    floor = dx.max() - CLICK_FLOOR_DB
+    dx, dy = np.maximum(dx, floor), np.maximum(dy, floor + gain_db(x, y))
+    excess = np.median(np.diff(dy, axis=-1) - np.diff(dx, axis=-1), axis=1)
+    return float(excess.max()) if excess.size else 0.0
+
+
 def hf_kept_db(x: np.ndarray, y: np.ndarray, sr: int) -> float | None:
     if sr < 88200:
         return None
@@ -277,6 +304,7 @@ def measure_pair(x: np.ndarray, y: np.ndarray, sr: int) -> dict:
         "hf_kept_db": hf_kept_db(x, y, sr),
         "noise_lift_db": None if silent else noise_lift_db(x, y, sr),
         "click_db": None if silent else max_broadband_jump_db(y, sr) - max_broadband_jump_db(x, sr),
+        "excess_db": None if silent else click_excess_db(x, y, sr),
     }
     if silent:
         row["silence_out_db"] = sample_peak_db(y)
@@ -372,20 +400,22 @@ def _f(value, fmt: str = "+.1f", width: int = 7) -> str:
 def print_rows(name: str, rows: list[dict]) -> None:
     print(f"\n{name}")
     head = ("input", "LUFS in", "out", "dLU", "peak", "TP", "clip", "chg dB", "dFlat", "dCent", "HF dB",
-            "lift", "click")
+            "lift", "click", "excess")
     print(f"{head[0]:38s}" + "".join(f"{h:>8s}" for h in head[1:]))
     for r in rows:
         print(f"{r['input'][:38]:38s}" + _f(r["lufs_in"], ".1f", 8) + _f(r["lufs_out"], ".1f", 8)
               + _f(r["d_lu"], "+.1f", 8) + _f(r["peak_db"], ".1f", 8) + _f(r["true_peak_db"], ".1f", 8)
               + f"{r['clipped']:8d}" + _f(r["change_db"], ".1f", 8) + _f(r["d_flatness"], "+.3f", 8)
               + _f(r["d_centroid_hz"], "+.0f", 8) + _f(r["hf_kept_db"], "+.1f", 8)
-              + _f(r["noise_lift_db"], "+.1f", 8) + _f(r["click_db"], "+.1f", 8))
+              + _f(r["noise_lift_db"], "+.1f", 8) + _f(r["click_db"], "+.1f", 8)
+              + _f(r["excess_db"], "+.1f", 8))
 
 
 def print_summary(summary: dict) -> None:
     print("\nsummary over the corpus (median / max; dLU also min; |dLU| median / max)")
     head = ("preset", "|dLU| med", "max", "dLU min", "dLU max", "peak max", "TP max", "clipped",
-            "chg med", "dFlat med", "dCent med", "lift med", "lift max", "click max", "HF kept", "silence")
+            "chg med", "dFlat med", "dCent med", "lift med", "lift max", "click max", "excess", "HF kept",
+            "silence")
     print(f"{head[0]:16s}" + "".join(f"{h:>10s}" for h in head[1:]))
     for name, s in summary.items():
         print(f"{name[:16]:16s}" + _f(s["abs_d_lu"]["median"], ".2f", 10)
@@ -395,7 +425,8 @@ def print_summary(summary: dict) -> None:
               + f"{s['clipped']['total']:10d}" + _f(s["change_db"]["median"], ".2f", 10)
               + _f(s["d_flatness"]["median"], "+.4f", 10) + _f(s["d_centroid_hz"]["median"], "+.0f", 10)
               + _f(s["noise_lift_db"]["median"], "+.1f", 10) + _f(s["noise_lift_db"]["max"], "+.1f", 10)
-              + _f(s["click_db"]["max"], "+.1f", 10) + _f(s["hf_kept_db"]["max"], "+.1f", 10)
+              + _f(s["click_db"]["max"], "+.1f", 10) + _f(s["excess_db"]["max"], "+.1f", 10)
+              + _f(s["hf_kept_db"]["max"], "+.1f", 10)
               + _f(s["silence_out_db"], ".0f", 10))
 
 
@@ -419,8 +450,8 @@ def markdown_summary(summary: dict) -> str:
     """The per-preset summary as a Markdown table (for weights/README.md)."""
     lines = ["| preset | ΔLU median (min … max) | peak max dBFS | true peak max | clipped "
              "| spectral change median dB | Δflatness median | Δcentroid median Hz "
-             "| noise lift median / max dB | click max dB | HF kept dB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| noise lift median / max dB | click max dB | excess max dB | HF kept dB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         d = s["d_lu"]
         lines.append(
@@ -429,7 +460,8 @@ def markdown_summary(summary: dict) -> str:
             f"| {s['clipped']['total']} | {_md(s['change_db']['median'], '.2f')} "
             f"| {_md(s['d_flatness']['median'], '+.4f')} | {_md(s['d_centroid_hz']['median'], '+.0f')} "
             f"| {_md(s['noise_lift_db']['median'], '+.1f')} / {_md(s['noise_lift_db']['max'], '+.1f')} "
-            f"| {_md(s['click_db']['max'], '+.1f')} | {_md(s['hf_kept_db']['max'], '+.1f')} |")
+            f"| {_md(s['click_db']['max'], '+.1f')} | {_md(s['excess_db']['max'], '+.1f')} "
+            f"| {_md(s['hf_kept_db']['max'], '+.1f')} |")
     return "\n".join(lines)
 
 

@@ -49,10 +49,11 @@ Per preset and file (``FIELDS``):
   grain-airy on the Oxygen sound, +12 dB, with the same per-band rises in
   input and output).
 * ``excess_db``: per bin, the output's dB rise from one frame to the next minus
-  the input's, the median over bins, its largest value (``click_excess_db``;
-  floored 120 dB under the input's peak). A static EQ reads 0, a gain step in
-  time (a click, a burst at a cut) reads its size; so does an onset the effect
-  moved earlier (texture's smear, an STFT mask's pre-echo: texture-subtle +15 dB).
+  the input's largest rise within 2 frames (11.6 ms) of it, the median over
+  bins, its largest value (``click_excess_db``; floored 120 dB under the
+  input's peak). A static EQ reads 0 and so does an onset moved by a few ms (a
+  smear, an STFT mask's pre-echo); a gain step in time (a click, a burst at a
+  cut) reads its size.
 
 Summaries per preset: median and max over the corpus. ``--directions`` adds
 the measured direction of each neural control (texture amount, grain sign)
@@ -90,6 +91,7 @@ AUDIBLE_HZ = 20000.0  # noise lift and clicks are judged in the audible band
 HF_MIN_SHARE_DB = 60.0  # HF kept is measured where the band above HF_EDGE holds more than -60 dB
 FLOOR_DB = 60.0  # bins within this of the (input) peak count as content
 CLICK_FLOOR_DB = 120.0  # spectrograms for the click figure: floored this far below the input's peak
+CLICK_NEAR = 2  # frames (2 x 5.8 ms at 44.1 kHz) an onset may move without counting as a click
 
 
 @dataclass(frozen=True)
@@ -256,8 +258,9 @@ def max_broadband_jump_db(audio: np.ndarray, sr: float) -> float:
 def click_excess_db(x: np.ndarray, y: np.ndarray, sr: float) -> float:
     """Largest frame-to-frame broadband rise the output has beyond the input's at the same bins.
 
-    Per bin (1024-sample frames, hop 256, up to ``AUDIBLE_HZ``) the dB rise from one frame to the
-    next, output minus input, the median over bins, its largest value. Both spectrograms are
+    Per bin (1024-sample frames, hop 256, up to ``AUDIBLE_HZ``) the output's dB rise from one
+    frame to the next minus the input's largest within ``CLICK_NEAR`` frames, the median over
+    bins, its largest value. Both spectrograms are
     floored ``CLICK_FLOOR_DB`` below the input's peak (the output's floor moved by the overall
     gain), low enough that a rise in a band the effect raised or cut as a whole, a static EQ,
     counts the same in both; a step of the gain in time (a click) counts. A click in a smooth
@@ -266,7 +269,11 @@ def click_excess_db(x: np.ndarray, y: np.ndarray, sr: float) -> float:
     dx, dy = _mag_db(x, 1024, 256, sr), _mag_db(y, 1024, 256, sr)
     floor = dx.max() - CLICK_FLOOR_DB
     dx, dy = np.maximum(dx, floor), np.maximum(dy, floor + gain_db(x, y))
-    excess = np.median(np.diff(dy, axis=-1) - np.diff(dx, axis=-1), axis=1)
+    rise_x, rise_y = np.diff(dx, axis=-1), np.diff(dy, axis=-1)
+    # the input's largest rise within CLICK_NEAR frames: an onset moved that little is not a click
+    pad = np.pad(rise_x, ((0, 0), (0, 0), (CLICK_NEAR, CLICK_NEAR)), mode="edge")
+    near = np.max([pad[..., k : k + rise_x.shape[-1]] for k in range(2 * CLICK_NEAR + 1)], axis=0)
+    excess = np.median(rise_y - near, axis=1)
     return float(excess.max()) if excess.size else 0.0
 
 

@@ -402,6 +402,38 @@ def test_frames_running_into_digital_silence_are_marked():
     assert marked == [False, True, True, True, False, False, False, False, False]
 
 
+def test_a_pads_sub_bass_skirts_are_not_lifted():
+    from cakfx.demo import chord_pad
+
+    x = chord_pad()
+    out = grain("cak-grain-default", grain=1.5)(x, SR)
+
+    def db(a):  # power spectrogram, channels summed, dB
+        power = mel.power_spectrogram(np.atleast_2d(a).astype(np.float64)).sum(0).numpy()
+        return 10 * np.log10(power + 1e-30)
+
+    dx, dy = db(x), db(out)
+    skirts = np.linspace(0, SR / 2, 1025) < 80.0  # the partials' skirts, ~69 dB under the frame's peak
+    held = slice(60, 300)  # the sustain
+    assert (dx[skirts, held] - dx[:, held].max(0)).mean() < -60.0
+    lift = (dy[skirts, held] - dx[skirts, held]).mean()
+    assert lift < 6.0, lift  # raised with their mel band: +22 dB
+
+
+def test_bins_far_under_their_frames_peak_get_no_boost():
+    power = torch.tensor([[1.0], [1e-4], [1e-6], [1e-7], [1e-9]])  # 0, -40, -60, -70, -90 dB re the peak
+    low, high = grain_node.BIN_FLOOR_DB
+    expected = [grain_node.MAX_BOOST_DB * min(1.0, max(0.0, (r - low) / (high - low)))
+                for r in (0.0, -40.0, -60.0, -70.0, -90.0)]
+    torch.testing.assert_close(grain_node.bin_boost_cap(power)[:, 0], torch.tensor(expected))
+    fb = mel.mel_filterbank(SR, dtype=torch.float64)
+    spectrum = torch.rand(1025, 4, dtype=torch.float64) + 1e-3
+    spectrum[:40] *= 1e-8  # the lowest bins: 80 dB under the rest
+    cap = grain_node.bin_boost_cap(spectrum)
+    gain = grain_node.refine_mask(spectrum, fb @ spectrum * 1e3, mel.BandedFilterbank(fb), cap_db=cap)
+    assert (20 * torch.log10(gain[:40])).max() <= 1e-9  # asked +30 dB everywhere, these get none
+
+
 def test_empty_bands_are_not_lifted():
     from scipy.signal import butter, sosfilt
 

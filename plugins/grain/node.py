@@ -40,7 +40,9 @@ unchanged, ``cakfx.dsp.resample.band_split``):
    Each window's ask is first shifted to the input window's total mel power:
    the model shapes the spectrum, its raw level is meaningless (at grain -3
    its peaks sit ~900 dB above the window max). A bin's gain stays within
-   ``-MAX_CUT_DB ... +MAX_BOOST_DB``.
+   ``-MAX_CUT_DB ... +MAX_BOOST_DB``, and a bin far under its frame's peak is
+   raised less (``bin_boost_cap``: none 70 dB under it): a band's gain spread
+   over the skirts and gaps its content barely reaches lifted them ~20 dB.
    ``"griffinlim"``: as the original did it (``plugins/grain/griffinlim.py``).
 5. The level stage (``cakfx.dsp.level.LevelStage``, parameters ``level`` and
    ``ceiling_db``): ``"match"`` matches the integrated loudness of the model
@@ -87,6 +89,7 @@ MAX_CUT_DB = 60.0  # ... and lowered at most this much (below that it is gone an
 FLOOR_DB = (-80.0, -60.0)  # bands this far below the window's peak: the model saw its -80 dB floor there
 SLEW_UP_DB = 6.0  # a band's gain rises at most this much from one frame (11.6 ms) to the next ...
 SLEW_DOWN_DB = 12.0  # ... and falls at most this much
+BIN_FLOOR_DB = (-70.0, -50.0)  # bins this far below their frame's peak: raised not at all ... fully
 SILENT_TAIL = 64  # a frame whose window ends in this many exact zeros runs into digital silence
 
 
@@ -177,8 +180,24 @@ def slew_limit(boost: torch.Tensor, previous: np.ndarray) -> tuple[torch.Tensor,
     return torch.from_numpy(out).to(boost), prev.copy()
 
 
+def bin_boost_cap(power: torch.Tensor) -> torch.Tensor:
+    """The most a bin may be raised (dB), from its power re its frame's peak (``(..., bins, frames)``).
+
+    ``MAX_BOOST_DB`` for bins within ``BIN_FLOOR_DB[1]`` dB of the frame's peak, none at
+    ``BIN_FLOOR_DB[0]`` and below, a linear ramp between. A mel band's gain spreads over every bin
+    it covers, also the ones its content barely reaches (a partial's skirt, the gaps between
+    partials, the sub-bass under a pad): raised with the band, they came up ~20 dB as noise.
+    """
+    tiny = torch.finfo(power.dtype).tiny
+    peak = power.amax(dim=-2, keepdim=True).clamp_min(tiny)
+    rel = 10.0 * torch.log10(power.clamp_min(tiny) / peak)
+    low, high = BIN_FLOOR_DB
+    return MAX_BOOST_DB * ((rel - low) / (high - low)).clamp_(0.0, 1.0)
+
+
 def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,
-                steps: int = REFINE_STEPS, produced: torch.Tensor | None = None) -> torch.Tensor:
+                steps: int = REFINE_STEPS, produced: torch.Tensor | None = None,
+                cap_db: torch.Tensor | None = None) -> torch.Tensor:
     """Per-bin amplitude gain ``sqrt(G)`` with ``fb.mel(G * power)`` close to ``target`` (mel power).
 
     Each step compares the mel power ``G`` produces with the target, band by
@@ -186,10 +205,12 @@ def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterb
     the filterbank normalised per bin (a geometric mean, so one band asking for
     a huge boost does not swamp a bin it shares with a quiet neighbour). The
     first step is the one-shot mask; ``steps`` more refine it. A bin's gain
-    stays within ``-MAX_CUT_DB ... +MAX_BOOST_DB``. ``produced`` may pass in
-    ``fb.mel(power)``.
+    stays within ``-MAX_CUT_DB ... +MAX_BOOST_DB`` (``cap_db``: a per-bin
+    boost limit, ``bin_boost_cap``). ``produced`` may pass in ``fb.mel(power)``.
     """
     min_log, max_log = (d * math.log(10.0) / 10.0 for d in (-MAX_CUT_DB, MAX_BOOST_DB))
+    if cap_db is not None:
+        max_log = cap_db * (math.log(10.0) / 10.0)
     tiny = torch.finfo(power.dtype).tiny
     log_target = target.clamp_min(tiny).log()
     log_gain = None
@@ -197,12 +218,15 @@ def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterb
         if step or produced is None:
             produced = fb.mel(power if log_gain is None else log_gain.exp() * power)
         step_gain = fb.spread(log_target - produced.clamp_min(tiny).log())
-        log_gain = (step_gain if log_gain is None else log_gain.add_(step_gain)).clamp_(min_log, max_log)
+        log_gain = step_gain if log_gain is None else log_gain.add_(step_gain)
+        log_gain = log_gain.clamp_(min_log, MAX_BOOST_DB * math.log(10.0) / 10.0)
+        if cap_db is not None:
+            log_gain = torch.minimum(log_gain, max_log)
     return (0.5 * log_gain).exp_()
 
 
 def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,
-                 e0: int, frames: slice) -> torch.Tensor:
+                 e0: int, frames: slice, cap_db: torch.Tensor | None = None) -> torch.Tensor:
     """One correction of the amplitude ``gain`` against the mel power the output really has.
 
     The masked spectrum is not the STFT of any signal: its inverse, analysed
@@ -229,7 +253,10 @@ def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, f
     log_ratio = (target.clamp_min(tiny).log() - actual.clamp_min(tiny).log()).clamp_(-limit, limit)
     min_log, max_log = (d * math.log(10.0) / 20.0 for d in (-MAX_CUT_DB, MAX_BOOST_DB))  # amplitude
     log_gain = gain[..., first:last].clamp_min(tiny).log() + 0.5 * fb.spread(log_ratio)
-    return log_gain.clamp_(min_log, max_log).exp_()
+    log_gain = log_gain.clamp_(min_log, max_log)
+    if cap_db is not None:  # ``cap_db`` covers ``frames``
+        log_gain = torch.minimum(log_gain, cap_db * (math.log(10.0) / 20.0))
+    return log_gain.exp_()
 
 
 def _ola_norm(n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
@@ -432,10 +459,13 @@ class GrainEngine:
             spec = self.spec[..., e0 - self.f0 : e1 - self.f0]
             power = spec.real.square() + spec.imag.square()
             target = mel.db_to_power(self.target[..., e0 - self.t0 : e1 - self.t0]).to(power.dtype)
-            gain = refine_mask(power, target, self.fb, produced=self.power[..., e0 - self.f0 : e1 - self.f0])
+            cap = bin_boost_cap(power)
+            gain = refine_mask(power, target, self.fb, produced=self.power[..., e0 - self.f0 : e1 - self.f0],
+                               cap_db=cap)
             inner = slice(f0 - e0, f1 - e0)
             if CORRECT:
-                gain = correct_mask(spec, gain, target[..., inner], self.fb, e0, slice(f0, f1))
+                gain = correct_mask(spec, gain, target[..., inner], self.fb, e0, slice(f0, f1),
+                                    cap[..., inner])
             else:
                 gain = gain[..., inner]
             results[j] = mel.overlap_add(spec[..., inner] * gain)[0]

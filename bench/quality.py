@@ -50,10 +50,11 @@ Per preset and file (``FIELDS``):
   input and output).
 * ``excess_db``: per bin, the output's dB rise from one frame to the next minus
   the input's largest rise within 2 frames (11.6 ms) of it, the median over
-  bins, its largest value (``click_excess_db``; floored 120 dB under the
-  input's peak). A static EQ reads 0 and so does an onset moved by a few ms (a
-  smear, an STFT mask's pre-echo); a gain step in time (a click, a burst at a
-  cut) reads its size.
+  bins, its largest value (``click_excess_db``; the input floored 100 dB under
+  its peak, the output at that floor moved by the effect's static gain in the
+  bin). A static EQ reads 0, and so does an onset moved by a few ms (a smear,
+  an STFT mask's pre-echo); a gain step in time (a click, a burst at a cut)
+  reads its size.
 
 Summaries per preset: median and max over the corpus. ``--directions`` adds
 the measured direction of each neural control (texture amount, grain sign)
@@ -90,7 +91,7 @@ HF_EDGE = 22050.0
 AUDIBLE_HZ = 20000.0  # noise lift and clicks are judged in the audible band
 HF_MIN_SHARE_DB = 60.0  # HF kept is measured where the band above HF_EDGE holds more than -60 dB
 FLOOR_DB = 60.0  # bins within this of the (input) peak count as content
-CLICK_FLOOR_DB = 120.0  # spectrograms for the click figure: floored this far below the input's peak
+CLICK_FLOOR_DB = 100.0  # spectrograms for the click figure: floored this far below the input's peak
 CLICK_NEAR = 2  # frames (2 x 5.8 ms at 44.1 kHz) an onset may move without counting as a click
 
 
@@ -260,15 +261,17 @@ def click_excess_db(x: np.ndarray, y: np.ndarray, sr: float) -> float:
 
     Per bin (1024-sample frames, hop 256, up to ``AUDIBLE_HZ``) the output's dB rise from one
     frame to the next minus the input's largest within ``CLICK_NEAR`` frames, the median over
-    bins, its largest value. Both spectrograms are
-    floored ``CLICK_FLOOR_DB`` below the input's peak (the output's floor moved by the overall
-    gain), low enough that a rise in a band the effect raised or cut as a whole, a static EQ,
-    counts the same in both; a step of the gain in time (a click) counts. A click in a smooth
-    pad shows as tens of dB; re-shaped onsets and a brighter or darker spectrum stay near 0.
+    bins, its largest value. The input is floored ``CLICK_FLOOR_DB`` under its peak; the output
+    at that floor moved by the effect's static gain in that bin (the median over frames of
+    output over input), so an EQ (a brighter or darker spectrum) reads 0 even where it lifts a
+    band across the floor, and an onset moved by a few ms (a smear, an STFT mask's pre-echo)
+    reads 0; a gain step in time (a click, a burst at a cut) reads its size.
     """
     dx, dy = _mag_db(x, 1024, 256, sr), _mag_db(y, 1024, 256, sr)
     floor = dx.max() - CLICK_FLOOR_DB
-    dx, dy = np.maximum(dx, floor), np.maximum(dy, floor + gain_db(x, y))
+    dx = np.maximum(dx, floor)
+    static = np.median(np.maximum(dy, floor) - dx, axis=-1, keepdims=True)  # per channel and bin
+    dy = np.maximum(dy, floor + static)
     rise_x, rise_y = np.diff(dx, axis=-1), np.diff(dy, axis=-1)
     # the input's largest rise within CLICK_NEAR frames: an onset moved that little is not a click
     pad = np.pad(rise_x, ((0, 0), (0, 0), (CLICK_NEAR, CLICK_NEAR)), mode="edge")

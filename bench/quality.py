@@ -42,8 +42,19 @@ Per preset and file (``FIELDS``):
   ``silence_out_db``: output peak for the silent input;
 * ``click_db``: the largest frame-to-frame broadband jump of the output
   (median over bins of the dB rise from one 1024-sample frame to the next,
-  hop 256, bins up to 20 kHz) minus the input's largest such jump. A click in a smooth pad
-  shows as a large positive figure; re-shaped onsets of drums stay near 0.
+  hop 256, bins up to 20 kHz, each file floored 80 dB under its own peak) minus
+  the input's largest such jump. It also reads a changed spectral balance as a
+  click: an output whose loudest band was cut has its floor lower, and a
+  brightened band that crosses the floor at an onset jumps from it (measured:
+  grain-airy on the Oxygen sound, +12 dB, with the same per-band rises in
+  input and output).
+* ``excess_db``: per bin, the output's dB rise from one frame to the next minus
+  the input's largest rise within 2 frames (11.6 ms) of it, the median over
+  bins, its largest value (``click_excess_db``; the input floored 100 dB under
+  its peak, the output at that floor moved by the effect's static gain in the
+  bin). A static EQ reads 0, and so does an onset moved by a few ms (a smear,
+  an STFT mask's pre-echo); a gain step in time (a click, a burst at a cut)
+  reads its size.
 
 Summaries per preset: median and max over the corpus. ``--directions`` adds
 the measured direction of each neural control (texture amount, grain sign)
@@ -82,6 +93,8 @@ HF_EDGE = 22050.0
 AUDIBLE_HZ = 20000.0  # noise lift and clicks are judged in the audible band
 HF_MIN_SHARE_DB = 60.0  # HF kept is measured where the band above HF_EDGE holds more than -60 dB
 FLOOR_DB = 60.0  # bins within this of the (input) peak count as content
+CLICK_FLOOR_DB = 100.0  # spectrograms for the click figure: floored this far below the input's peak
+CLICK_NEAR = 2  # frames (2 x 5.8 ms at 44.1 kHz) an onset may move without counting as a click
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,7 @@ CORPUS = (
 )
 
 FIELDS = ("lufs_in", "lufs_out", "d_lu", "peak_db", "true_peak_db", "clipped", "change_db",
-          "d_flatness", "d_centroid_hz", "hf_kept_db", "noise_lift_db", "click_db")
+          "d_flatness", "d_centroid_hz", "hf_kept_db", "noise_lift_db", "click_db", "excess_db")
 
 
 # ---------------------------------------------------------------- corpus
@@ -245,6 +258,30 @@ def max_broadband_jump_db(audio: np.ndarray, sr: float) -> float:
     return float(jumps.max()) if jumps.size else 0.0
 
 
+def click_excess_db(x: np.ndarray, y: np.ndarray, sr: float) -> float:
+    """Largest frame-to-frame broadband rise the output has beyond the input's at the same bins.
+
+    Per bin (1024-sample frames, hop 256, up to ``AUDIBLE_HZ``) the output's dB rise from one
+    frame to the next minus the input's largest within ``CLICK_NEAR`` frames, the median over
+    bins, its largest value. The input is floored ``CLICK_FLOOR_DB`` under its peak; the output
+    at that floor moved by the effect's static gain in that bin (the median over frames of
+    output over input), so an EQ (a brighter or darker spectrum) reads 0 even where it lifts a
+    band across the floor, and an onset moved by a few ms (a smear, an STFT mask's pre-echo)
+    reads 0; a gain step in time (a click, a burst at a cut) reads its size.
+    """
+    dx, dy = _mag_db(x, 1024, 256, sr), _mag_db(y, 1024, 256, sr)
+    floor = dx.max() - CLICK_FLOOR_DB
+    dx = np.maximum(dx, floor)
+    static = np.median(np.maximum(dy, floor) - dx, axis=-1, keepdims=True)  # per channel and bin
+    dy = np.maximum(dy, floor + static)
+    rise_x, rise_y = np.diff(dx, axis=-1), np.diff(dy, axis=-1)
+    # the input's largest rise within CLICK_NEAR frames: an onset moved that little is not a click
+    pad = np.pad(rise_x, ((0, 0), (0, 0), (CLICK_NEAR, CLICK_NEAR)), mode="edge")
+    near = np.max([pad[..., k : k + rise_x.shape[-1]] for k in range(2 * CLICK_NEAR + 1)], axis=0)
+    excess = np.median(rise_y - near, axis=1)
+    return float(excess.max()) if excess.size else 0.0
+
+
 def hf_kept_db(x: np.ndarray, y: np.ndarray, sr: int) -> float | None:
     if sr < 88200:
         return None
@@ -279,6 +316,7 @@ def measure_pair(x: np.ndarray, y: np.ndarray, sr: int) -> dict:
         "hf_kept_db": hf_kept_db(x, y, sr),
         "noise_lift_db": None if silent else noise_lift_db(x, y, sr),
         "click_db": None if silent else max_broadband_jump_db(y, sr) - max_broadband_jump_db(x, sr),
+        "excess_db": None if silent else click_excess_db(x, y, sr),
     }
     if silent:
         row["silence_out_db"] = sample_peak_db(y)
@@ -374,20 +412,22 @@ def _f(value, fmt: str = "+.1f", width: int = 7) -> str:
 def print_rows(name: str, rows: list[dict]) -> None:
     print(f"\n{name}")
     head = ("input", "LUFS in", "out", "dLU", "peak", "TP", "clip", "chg dB", "dFlat", "dCent", "HF dB",
-            "lift", "click")
+            "lift", "click", "excess")
     print(f"{head[0]:38s}" + "".join(f"{h:>8s}" for h in head[1:]))
     for r in rows:
         print(f"{r['input'][:38]:38s}" + _f(r["lufs_in"], ".1f", 8) + _f(r["lufs_out"], ".1f", 8)
               + _f(r["d_lu"], "+.1f", 8) + _f(r["peak_db"], ".1f", 8) + _f(r["true_peak_db"], ".1f", 8)
               + f"{r['clipped']:8d}" + _f(r["change_db"], ".1f", 8) + _f(r["d_flatness"], "+.3f", 8)
               + _f(r["d_centroid_hz"], "+.0f", 8) + _f(r["hf_kept_db"], "+.1f", 8)
-              + _f(r["noise_lift_db"], "+.1f", 8) + _f(r["click_db"], "+.1f", 8))
+              + _f(r["noise_lift_db"], "+.1f", 8) + _f(r["click_db"], "+.1f", 8)
+              + _f(r["excess_db"], "+.1f", 8))
 
 
 def print_summary(summary: dict) -> None:
     print("\nsummary over the corpus (median / max; dLU also min; |dLU| median / max)")
     head = ("preset", "|dLU| med", "max", "dLU min", "dLU max", "peak max", "TP max", "clipped",
-            "chg med", "dFlat med", "dCent med", "lift med", "lift max", "click max", "HF kept", "silence")
+            "chg med", "dFlat med", "dCent med", "lift med", "lift max", "click max", "excess", "HF kept",
+            "silence")
     print(f"{head[0]:16s}" + "".join(f"{h:>10s}" for h in head[1:]))
     for name, s in summary.items():
         print(f"{name[:16]:16s}" + _f(s["abs_d_lu"]["median"], ".2f", 10)
@@ -397,7 +437,8 @@ def print_summary(summary: dict) -> None:
               + f"{s['clipped']['total']:10d}" + _f(s["change_db"]["median"], ".2f", 10)
               + _f(s["d_flatness"]["median"], "+.4f", 10) + _f(s["d_centroid_hz"]["median"], "+.0f", 10)
               + _f(s["noise_lift_db"]["median"], "+.1f", 10) + _f(s["noise_lift_db"]["max"], "+.1f", 10)
-              + _f(s["click_db"]["max"], "+.1f", 10) + _f(s["hf_kept_db"]["max"], "+.1f", 10)
+              + _f(s["click_db"]["max"], "+.1f", 10) + _f(s["excess_db"]["max"], "+.1f", 10)
+              + _f(s["hf_kept_db"]["max"], "+.1f", 10)
               + _f(s["silence_out_db"], ".0f", 10))
 
 
@@ -421,8 +462,8 @@ def markdown_summary(summary: dict) -> str:
     """The per-preset summary as a Markdown table (for weights/README.md)."""
     lines = ["| preset | ΔLU median (min … max) | peak max dBFS | true peak max | clipped "
              "| spectral change median dB | Δflatness median | Δcentroid median Hz "
-             "| noise lift median / max dB | click max dB | HF kept dB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| noise lift median / max dB | click max dB | excess max dB | HF kept dB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         d = s["d_lu"]
         lines.append(
@@ -431,7 +472,8 @@ def markdown_summary(summary: dict) -> str:
             f"| {s['clipped']['total']} | {_md(s['change_db']['median'], '.2f')} "
             f"| {_md(s['d_flatness']['median'], '+.4f')} | {_md(s['d_centroid_hz']['median'], '+.0f')} "
             f"| {_md(s['noise_lift_db']['median'], '+.1f')} / {_md(s['noise_lift_db']['max'], '+.1f')} "
-            f"| {_md(s['click_db']['max'], '+.1f')} | {_md(s['hf_kept_db']['max'], '+.1f')} |")
+            f"| {_md(s['click_db']['max'], '+.1f')} | {_md(s['excess_db']['max'], '+.1f')} "
+            f"| {_md(s['hf_kept_db']['max'], '+.1f')} |")
     return "\n".join(lines)
 
 

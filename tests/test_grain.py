@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 import cakfx
 from cakfx.dsp import mel
+from cakfx.dsp.loudness import integrated_loudness, true_peak_db
 from cakfx.errors import CakfxError
 from cakfx.plugins.grain import import_checkpoint
 from cakfx.plugins.grain import node as grain_node
@@ -349,6 +350,91 @@ def test_a_slow_pad_gets_no_click_and_keeps_its_level():
     assert click_figure(out) < click_figure(x) + 3.0, (click_figure(x), click_figure(out))  # was +19 dB
     rms = [20 * np.log10(np.sqrt(np.mean(a**2))) for a in (x, out)]
     assert abs(rms[1] - rms[0]) < 1.0, rms  # was 21 dB quieter (one click pulled the file down)
+
+
+def click_excess(x: np.ndarray, y: np.ndarray) -> float:
+    """Largest broadband rise of the output beyond the input's (per bin, the dB rise from one
+    1024-sample frame to the next minus the input's, median over bins): a step of the gain in time."""
+    def db(a):
+        power = mel.power_spectrogram(np.atleast_2d(a).astype(np.float64), 1024, 256).numpy()
+        return 10 * np.log10(power + 1e-30)
+
+    dx, dy = db(x), db(y)
+    floor = dx.max() - 120.0
+    dx, dy = np.maximum(dx, floor), np.maximum(dy, floor)
+    return float(np.median(np.diff(dy, axis=-1) - np.diff(dx, axis=-1), axis=-2).max())
+
+
+def test_a_sound_cut_mid_note_gets_no_burst_at_its_end():
+    from tools.demo import chord_pad
+
+    x = chord_pad()[:, : 3 * SR]  # a loop or excerpt: it ends mid-sustain
+    out = grain("cak-grain-default", grain=1.5)(x, SR)
+    # the model filled the drop into the silence after the end (+20 dB in the last frames): 19 dB
+    assert click_excess(x, out) < 8.0, click_excess(x, out)
+
+
+def test_a_hot_mix_keeps_its_loudness():
+    from tools.demo import chord_pad, drum_loop
+
+    drums, pad = drum_loop(), chord_pad()
+    mix = np.broadcast_to(drums, pad.shape) + pad
+    mix = (mix / np.abs(mix).max() * 10 ** (-0.1 / 20)).astype(np.float32)  # peaks at -0.1 dBFS
+    out = grain("cak-grain-default", grain=1.5)(mix, SR)
+    # each hit's highs jumped from no gain to +20-30 dB in one frame: peaks 20 dB over the input's,
+    # and the limiter took the mix down 6.7 LU; ramped (slew_limit) about 2.2 LU
+    d_lu = integrated_loudness(out, SR) - integrated_loudness(mix, SR)
+    assert d_lu > -3.5, d_lu
+    assert true_peak_db(out) <= -1.0 + 0.3
+
+
+def test_slew_limit_ramps_the_gain():
+    boost = torch.tensor([[0.0, 30.0, 30.0, 30.0, 30.0, 30.0, -30.0, -30.0, -30.0, 0.0]])
+    limited, last = grain_node.slew_limit(boost, np.zeros(1))
+    assert (grain_node.SLEW_UP_DB, grain_node.SLEW_DOWN_DB) == (6.0, 12.0)
+    expected = [0.0, 6.0, 12.0, 18.0, 24.0, 30.0, 18.0, 6.0, -6.0, 0.0]  # up 6 dB, down 12 dB a frame
+    torch.testing.assert_close(limited[0], torch.tensor(expected))
+    assert last.tolist() == [expected[-1]]
+
+
+def test_frames_running_into_digital_silence_are_marked():
+    x = torch.zeros(1, 8 * grain_node.HOP + grain_node.N_FFT)
+    x[:, : 4 * grain_node.HOP] = 0.1  # sound, then digital silence
+    marked = grain_node.runs_into_silence(x)[0].tolist()
+    # frames whose window holds sound and ends in silence; frames fully in sound or silence are not
+    assert marked == [False, True, True, True, False, False, False, False, False]
+
+
+def test_a_pads_sub_bass_skirts_are_not_lifted():
+    from tools.demo import chord_pad
+
+    x = chord_pad()
+    out = grain("cak-grain-default", grain=1.5)(x, SR)
+
+    def db(a):  # power spectrogram, channels summed, dB
+        power = mel.power_spectrogram(np.atleast_2d(a).astype(np.float64)).sum(0).numpy()
+        return 10 * np.log10(power + 1e-30)
+
+    dx, dy = db(x), db(out)
+    skirts = np.linspace(0, SR / 2, 1025) < 80.0  # the partials' skirts, ~69 dB under the frame's peak
+    held = slice(60, 300)  # the sustain
+    assert (dx[skirts, held] - dx[:, held].max(0)).mean() < -60.0
+    lift = (dy[skirts, held] - dx[skirts, held]).mean()
+    assert lift < 6.0, lift  # raised with their mel band: +22 dB
+
+
+def test_bins_far_under_their_frames_peak_get_no_boost():
+    power = torch.tensor([[1.0], [1e-4], [1e-6], [1e-7], [1e-9]])  # 0, -40, -60, -70, -90 dB re the peak
+    low, high = grain_node.BIN_FLOOR_DB
+    expected = [grain_node.MAX_BOOST_DB * min(1.0, max(0.0, (r - low) / (high - low)))
+                for r in (0.0, -40.0, -60.0, -70.0, -90.0)]
+    torch.testing.assert_close(grain_node.bin_boost_cap(power)[:, 0], torch.tensor(expected))
+    fb = mel.mel_filterbank(SR, dtype=torch.float64)
+    spectrum = torch.rand(1025, 4, dtype=torch.float64) + 1e-3
+    spectrum[:40] *= 1e-8  # the lowest bins: 80 dB under the rest
+    cap = grain_node.bin_boost_cap(spectrum)
+    gain = grain_node.refine_mask(spectrum, fb @ spectrum * 1e3, mel.BandedFilterbank(fb), cap_db=cap)
+    assert (20 * torch.log10(gain[:40])).max() <= 1e-9  # asked +30 dB everywhere, these get none
 
 
 def test_empty_bands_are_not_lifted():

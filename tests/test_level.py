@@ -223,3 +223,96 @@ def test_non_finite_raw_output_never_reaches_the_output(music):
     for mode in ("match", "original", "off"):
         assert np.isfinite(LevelStage(mode).apply(music, y_raw, SR)).all()
         assert np.isfinite(stream(LevelStage(mode), music, y_raw, [4096] * 100)).all()
+
+
+# ---- the band above the model's (88.2/96 kHz) -------------------------------------------------------
+
+
+def program_96k(music: np.ndarray) -> np.ndarray:
+    """The music upsampled to 96 kHz with a 30 kHz tone (-30 dBFS) and 24-40 kHz noise (-45 dBFS)."""
+    from cakfx.dsp.resample import resample
+
+    up = resample(music, SR, 96000).astype(np.float64)
+    n = up.shape[-1]
+    rng = np.random.default_rng(1)
+    spec = np.fft.rfft(rng.standard_normal(up.shape), axis=-1)
+    freqs = np.fft.rfftfreq(n, 1 / 96000)
+    spec[:, (freqs < 24000) | (freqs > 40000)] = 0
+    noise = np.fft.irfft(spec, n, axis=-1)
+    noise *= 10 ** (-45 / 20) / np.sqrt(np.mean(noise**2))
+    tone = 10 ** (-30 / 20) * np.sin(2 * np.pi * 30000 * np.arange(n) / 96000)
+    return (0.85 * up + tone + noise).astype(np.float32)
+
+
+def energy_above_db(a: np.ndarray, sr: int, edge: float = 22050.0) -> float:
+    spec = np.fft.rfft(np.asarray(a, np.float64), axis=-1)
+    return 10 * np.log10(np.sum(np.abs(spec[:, np.fft.rfftfreq(a.shape[-1], 1 / sr) > edge]) ** 2))
+
+
+def test_match_moves_the_model_band_only_and_adds_the_high_band_back(music):
+    from cakfx.dsp.resample import band_split
+
+    x = program_96k(music)
+    high = band_split(x, 96000)[1]
+    y = 0.25 * (x - high) + high  # a 12 dB quieter "effect" on the model band; the band above as it was
+    stage = LevelStage("match", ceiling_db=-1.0)
+    out = stage.apply(x, y, 96000, high=high)
+    assert stage.last["gain_db"] == pytest.approx(20 * math.log10(4), abs=0.05)
+    assert abs(energy_above_db(out, 96000) - energy_above_db(x, 96000)) < 0.1
+    assert abs(integrated_loudness(out, 96000) - integrated_loudness(x, 96000)) < 0.1
+    # without the band, the gain moved it with everything else (the bug: +9.8 dB here)
+    moved = LevelStage("match", ceiling_db=-1.0).apply(x, y, 96000)
+    assert energy_above_db(moved, 96000) - energy_above_db(x, 96000) > 6.0
+    # the limiter sees the sum: the ceiling holds
+    hot = LevelStage("match", ceiling_db=-3.0).apply(4 * x, y, 96000, high=high)
+    assert true_peak_db(hot) <= -3.0 + 0.3
+
+
+def test_stream_with_the_high_band_equals_offline_delayed(music):
+    from cakfx.dsp.resample import band_split
+
+    x = program_96k(music[:, : SR * 2])
+    high = band_split(x, 96000)[1]
+    y = 2.0 * (x - high) + high
+    stage = LevelStage("match", ceiling_db=-1.0)
+    offline = stage.apply(x, y, 96000, high=high)
+    latency = stage.latency_samples(96000)
+    pad = np.zeros((x.shape[0], latency), np.float32)
+    xs, ys, hs = (np.concatenate([a, pad], axis=1) for a in (x, y, high))
+    stage.begin_measure()
+    for a in range(0, xs.shape[1], 5000):
+        stage.stream(xs[:, a : a + 5000], ys[:, a : a + 5000], 96000, hs[:, a : a + 5000])
+    stage.end_measure()
+    stage.reset()
+    assert stage.measurement["limiting"] == stage.last["limiting"]
+    out = np.concatenate([stage.stream(xs[:, a : a + 3001], ys[:, a : a + 3001], 96000, hs[:, a : a + 3001])
+                          for a in range(0, xs.shape[1], 3001)], axis=1)[:, latency : latency + x.shape[1]]
+    np.testing.assert_allclose(out, offline, atol=2e-4)
+
+
+def bundled_neural_stages() -> list[tuple[str, str, dict]]:
+    """``(preset, effect, params)`` of every cak.* stage of the bundled presets, as shipped."""
+    from cakfx.presets import bundled_dir, tomllib
+
+    stages = []
+    for path in sorted(bundled_dir().glob("*.toml")):
+        for stage in tomllib.loads(path.read_text())["chain"]:
+            if stage["effect"].startswith("cak."):
+                params = {k: v for k, v in stage.items() if k not in ("id", "effect", "sha256")}
+                stages.append((path.stem, stage["effect"], params))
+    return stages
+
+
+def test_every_bundled_neural_stage_keeps_a_96k_files_high_band(music):
+    import cakfx
+
+    x = program_96k(music[:, : SR * 3])
+    seen = set()
+    for preset, effect, params in bundled_neural_stages():
+        key = (effect, tuple(sorted(params.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        out = cakfx.create_effect(effect, device="cpu", **params)(x, 96000)
+        kept = energy_above_db(out, 96000) - energy_above_db(x, 96000)
+        assert abs(kept) < 1.0, (preset, effect, params, kept)  # was +1.6 (texture), -8.8 dB (grain +1.5)

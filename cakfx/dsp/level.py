@@ -37,6 +37,13 @@ for a peak: only where the gained output's true peak would exceed ``ceiling_db``
 look-ahead brick-wall limiter (``pedalboard.BrickwallLimiter``, true-peak sidechain, 5 ms
 look-ahead, 100 ms release) act, on the peaks alone.
 
+A node whose model runs at 44.1 kHz passes the band above it through (``cakfx.dsp.resample``'s
+``band_split`` / ``HighBand``) and gives that band to the stage as ``high``: the gain then acts on
+the model band alone (``y_raw - high``, matched against ``x - high``) and ``high`` is added back
+after it, so a 96 kHz file's 22-48 kHz content is not moved by the loudness match; the limiter
+sees the sum (its decision takes the bound ``gain·peak(model band) + peak(high)``, which a stream
+can measure before the gain is known).
+
 ``"original"``: the published pipelines' level stages, for fidelity tests against them.
 ``original="texture"``: per channel, gain ``rms(x) / rms(y)`` clipped to 0.1…10, then
 ``tanh(0.95·g·y) / 0.95``. ``original="grain"``: one gain ``rms(x) / rms(y)`` over all channels,
@@ -79,7 +86,7 @@ import math
 
 import numpy as np
 
-from cakfx.dsp.loudness import LoudnessMeter, PeakMeter, integrated_loudness, true_peak_exceeds
+from cakfx.dsp.loudness import LoudnessMeter, PeakMeter, integrated_loudness, true_peak_db, true_peak_exceeds
 from cakfx.dsp.resample import DelayLine
 
 MODES = ("match", "original", "off")
@@ -173,6 +180,27 @@ def _db_to_gain(db: float) -> float:
     return 10.0 ** (db / 20.0)
 
 
+def _model_band(x: np.ndarray, y: np.ndarray, high) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(x - high, y - high, high)``: the model band of input and raw output, and the band above
+    it that both carry unchanged (``high`` None: ``(x, y, None)``)."""
+    if high is None:
+        return x, y, None
+    h = np.nan_to_num(np.asarray(_to_numpy(high)[0], dtype=y.dtype), nan=0.0, posinf=0.0, neginf=0.0)
+    return x - h.astype(x.dtype, copy=False), y - h, h
+
+
+def _peak_bound_db(gain_db: float, model_peak_db: float, high_peak_db: float = -math.inf) -> float:
+    """True peak that ``gain * model_band + high`` cannot exceed (exact without a high band).
+
+    The limiter decision takes this bound, not the sum's own true peak, because a stream must
+    decide it from what its measuring pass saw before the gain was known (the two bands' peaks).
+    """
+    if high_peak_db == -math.inf:
+        return gain_db + model_peak_db
+    peak = _db_to_gain(gain_db + model_peak_db) + _db_to_gain(high_peak_db)
+    return 20.0 * math.log10(peak) if peak > 0 else -math.inf
+
+
 class LevelStage:
     """The output level stage of a neural effect (see the module docstring for the manual).
 
@@ -200,8 +228,13 @@ class LevelStage:
         return f"LevelStage(mode={self.mode!r}, ceiling_db={self.ceiling_db:g}, original={self.original!r})"
 
     # -- offline ---------------------------------------------------------------------------
-    def apply(self, x, y_raw, sample_rate: float):
-        """Level ``y_raw`` (``(C, N)``, numpy or torch) against the input ``x``; aligned output."""
+    def apply(self, x, y_raw, sample_rate: float, high=None):
+        """Level ``y_raw`` (``(C, N)``, numpy or torch) against the input ``x``; aligned output.
+
+        ``high``: the input's band above the model's (``cakfx.dsp.resample.band_split``), which
+        ``y_raw`` carries unchanged; ``"match"`` then levels only the model band (``y_raw - high``
+        against ``x - high``) and adds ``high`` back untouched before the limiter.
+        """
         xa, _ = _to_numpy(x)
         ya, back = _to_numpy(y_raw)
         ya = np.nan_to_num(np.asarray(ya), nan=0.0, posinf=0.0, neginf=0.0)
@@ -211,11 +244,16 @@ class LevelStage:
             peak = float(np.abs(ya).max(initial=0.0))
             gains, scale = self._original_gains(_rms(xa, -1), _rms(ya, -1), peak)
             return back(self._original_apply(ya, gains, scale))
+        xa, ya, ha = _model_band(xa, ya, high)
         loudness_in, loudness_out = integrated_loudness(xa, sample_rate), integrated_loudness(ya, sample_rate)
         gain_db = self._match_gain_db(loudness_in, loudness_out)
-        gain = np.asarray(_db_to_gain(gain_db), dtype=ya.dtype)
-        out = ya * gain
-        limiting = true_peak_exceeds(out, self.ceiling_db)
+        out = ya * np.asarray(_db_to_gain(gain_db), dtype=ya.dtype)
+        if ha is None:
+            limiting = true_peak_exceeds(out, self.ceiling_db)
+        else:
+            # the bound a stream can measure too, so offline and streamed renders decide alike
+            out = out + ha
+            limiting = _peak_bound_db(gain_db, true_peak_db(ya), true_peak_db(ha)) > self.ceiling_db
         if limiting:
             # reset=True: pedalboard compensates the look-ahead, the output is aligned
             limited = _limiter(self.ceiling_db).process(out.astype(np.float32), sample_rate, reset=True)
@@ -274,7 +312,9 @@ class LevelStage:
             self._fixed = {"gain_db": 0.0, "limiting": False, "gains": 1.0, "scale": 1.0}
         elif self.mode == "match":
             gain_db = self._match_gain_db(m["in"].loudness, m["out"].loudness)
-            self._fixed = {"gain_db": gain_db, "limiting": m["peak"].true_peak_db + gain_db > self.ceiling_db}
+            high_peak = m["peak_high"].true_peak_db if "peak_high" in m else -math.inf
+            bound = _peak_bound_db(gain_db, m["peak"].true_peak_db, high_peak)
+            self._fixed = {"gain_db": gain_db, "limiting": bound > self.ceiling_db}
         else:
             n = max(m["n"], 1)
             gains, scale = self._original_gains(np.sqrt(m["sq_in"] / n), np.sqrt(m["sq_out"] / n),
@@ -297,8 +337,12 @@ class LevelStage:
         """Clear streaming state (delay lines, limiter, live estimates); keeps a fixed measurement."""
         self._state = None
 
-    def stream(self, x_block, y_raw_block, sample_rate: float):
-        """Level the next block; output delayed by ``latency_samples(sample_rate)``."""
+    def stream(self, x_block, y_raw_block, sample_rate: float, high_block=None):
+        """Level the next block; output delayed by ``latency_samples(sample_rate)``.
+
+        ``high_block``: the block of the untouched band (as ``apply``'s ``high``), aligned with
+        ``x_block`` and ``y_raw_block``; give it on every block of a stream or on none.
+        """
         xa, _ = _to_numpy(x_block)
         ya, back = _to_numpy(y_raw_block)
         ya = np.nan_to_num(np.asarray(ya, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
@@ -310,16 +354,21 @@ class LevelStage:
             state = self._state = self._new_state(*shape)
         if self.mode == "off":
             return back(ya)
-        if self._measuring is not None:
-            self._accumulate(xa, ya, sr)
-            return back(state["delay"].process(ya) if self.mode == "match" else ya)
         if self.mode == "original":
+            if self._measuring is not None:
+                self._accumulate(xa, ya, None, sr)
+                return back(ya)
             return back(self._stream_original(xa, ya, state))
+        xa, ya, ha = _model_band(xa, ya, high_block)
+        if self._measuring is not None:
+            self._accumulate(xa, ya, ha, sr)
+            return back(state["delay"].process(ya if ha is None else ya + ha))
         if self._fixed is not None:
             out = ya * np.float32(_db_to_gain(self._fixed["gain_db"]))
             stage = state["limiter"] if self._fixed["limiting"] else state["delay"]
-            return back(stage.process(out))
-        return back(state["limiter"].process(self._live_gain(xa, ya, state)))
+        else:
+            out, stage = self._live_gain(xa, ya, state), state["limiter"]
+        return back(stage.process(out if ha is None else out + ha))
 
     def _new_state(self, sr: int, channels: int, in_channels: int) -> dict:
         state = {"shape": (sr, channels, in_channels), "sr": sr}
@@ -333,7 +382,7 @@ class LevelStage:
             state.update(n=0, sq_in=np.zeros(in_channels), sq_out=np.zeros(channels), peak_out=0.0)
         return state
 
-    def _accumulate(self, x: np.ndarray, y: np.ndarray, sr: int) -> None:
+    def _accumulate(self, x: np.ndarray, y: np.ndarray, high: np.ndarray | None, sr: int) -> None:
         m = self._measuring
         if not m:
             channels = y.shape[0]
@@ -346,6 +395,8 @@ class LevelStage:
             m["in"].process(x)
             m["out"].process(y)
             m["peak"].process(y)
+            if high is not None:
+                m.setdefault("peak_high", PeakMeter(high.shape[0])).process(high)
         else:
             self._add_rms(m, x, y)
 

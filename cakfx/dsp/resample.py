@@ -251,6 +251,19 @@ def band_split(x, sample_rate: float, model_sr: float = MODEL_SR, down=None):
     return low, x - low
 
 
+def high_band(x: np.ndarray, sample_rate: float, model_sr: float = MODEL_SR) -> np.ndarray:
+    """The band above ``model_sr`` of ``(C, N)`` ``x`` as ``HighBand`` streams it (run over ``x``
+    and flushed), aligned with ``x``: ``band_split(x)[1]`` but for the last ~100 samples, where
+    ``band_split`` ends the low band with the signal and a stream hears its filters ring on.
+    For a node whose offline path is its streaming path run on the whole signal (``cak.texture``).
+    """
+    band = HighBand(sample_rate, x.shape[0], model_sr)
+    if not band.active:
+        return np.zeros_like(x)
+    flushed = np.concatenate([np.asarray(x, np.float32), np.zeros((x.shape[0], band.latency), np.float32)], 1)
+    return band.stream(flushed)[1][:, band.latency :]
+
+
 class HighBand:
     """Streaming ``band_split``: ``stream(block)`` → ``(low, high)`` blocks of the block's length,
     each equal to the offline ``band_split`` delayed by ``latency_samples`` samples.

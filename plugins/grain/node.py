@@ -21,7 +21,14 @@ unchanged, ``cakfx.dsp.resample.band_split``):
    20-80 dB into hiss and made an envelope's corner click.
 3. Windows overlap by 43 frames (0.5 s, the original's crossfade) and their
    asks crossfade there (raised-cosine weights, in dB), so there are no level
-   steps at window borders.
+   steps at window borders. Then, frame by frame in order, each band's change
+   (target over input, dB) moves towards the ask by at most ``SLEW_UP_DB`` up
+   and ``SLEW_DOWN_DB`` down per frame (``slew_limit``): a hit whose highs rise
+   out of the floor got its whole ask (+20-30 dB) in one frame, a click and a
+   peak that made the limiter pull a hot mix down 7.5 LU. A frame whose window
+   runs into digital silence (a file's end, a cut: ``runs_into_silence``) asks
+   for no change: the model fills that drop (+20 dB in a file's last frames),
+   and the cut clicked.
 4. ``"phase"`` (default): the per-band ratio target / input becomes a gain on
    the linear STFT bins (each bin takes its filters' log ratios, weighted by
    the normalised filterbank), refined ``REFINE_STEPS`` times against the mel
@@ -33,11 +40,14 @@ unchanged, ``cakfx.dsp.resample.band_split``):
    Each window's ask is first shifted to the input window's total mel power:
    the model shapes the spectrum, its raw level is meaningless (at grain -3
    its peaks sit ~900 dB above the window max). A bin's gain stays within
-   ``-MAX_CUT_DB ... +MAX_BOOST_DB``.
+   ``-MAX_CUT_DB ... +MAX_BOOST_DB``, and a bin far under its frame's peak is
+   raised less (``bin_boost_cap``: none 70 dB under it): a band's gain spread
+   over the skirts and gaps its content barely reaches lifted them ~20 dB.
    ``"griffinlim"``: as the original did it (``plugins/grain/griffinlim.py``).
 5. The level stage (``cakfx.dsp.level.LevelStage``, parameters ``level`` and
-   ``ceiling_db``): ``"match"`` matches the integrated loudness, ``"original"``
-   the original's RMS match and peak scaling to 0.95, ``"off"`` nothing.
+   ``ceiling_db``): ``"match"`` matches the integrated loudness of the model
+   band and adds the band above it back untouched, ``"original"`` the
+   original's RMS match and peak scaling to 0.95, ``"off"`` nothing.
 
 The reconstruction runs in segments of ``SEGMENT`` frames on a grid fixed at
 the signal's start (``GrainEngine``), on the CPU several at once on Python
@@ -78,6 +88,10 @@ CORRECTION_LIMIT_DB = 10.0  # per band: a band the mask cannot reach must not dr
 MAX_BOOST_DB = 36.0  # a bin is raised at most this much (the model's largest asks within its range, +34 dB)
 MAX_CUT_DB = 60.0  # ... and lowered at most this much (below that it is gone anyway)
 FLOOR_DB = (-80.0, -60.0)  # bands this far below the window's peak: the model saw its -80 dB floor there
+SLEW_UP_DB = 6.0  # a band's gain rises at most this much from one frame (11.6 ms) to the next ...
+SLEW_DOWN_DB = 12.0  # ... and falls at most this much
+BIN_FLOOR_DB = (-70.0, -50.0)  # bins this far below their frame's peak: raised not at all ... fully
+SILENT_TAIL = 64  # a frame whose window ends in this many exact zeros runs into digital silence
 
 
 def crossfade_weights(length: int, fade_in: bool, fade_out: bool, fade: int) -> torch.Tensor:
@@ -139,8 +153,52 @@ def window_targets(model, power: torch.Tensor, grain: float) -> torch.Tensor:
     return given + floor_weight(db) * (asked - given)
 
 
+def runs_into_silence(padded: torch.Tensor) -> torch.Tensor:
+    """Per channel and frame (frames of ``stft_block(padded, 0, ...)``): True where the window has
+    sound and ends in digital silence (its last ``SILENT_TAIL`` samples exactly zero)."""
+    frames = padded.unfold(-1, N_FFT, HOP)  # (C, F, N_FFT), a view
+    tail_silent = frames[..., -SILENT_TAIL:].abs().amax(-1) == 0
+    return (tail_silent & (frames.abs().amax(-1) > 0)).cpu()
+
+
+def slew_limit(boost: torch.Tensor, previous: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """Each band's gain (dB, ``(..., bands, frames)``) moved towards the asked ``boost`` by at most
+    ``SLEW_UP_DB`` up / ``SLEW_DOWN_DB`` down per frame, from ``previous`` (the gain of the frame
+    before); returns the limited gains and the last frame's.
+
+    Bands below the model's floor keep the input (``floor_weight``), bands above it get the
+    model's ask, often +20-30 dB: a hit whose highs rise out of the floor would otherwise jump
+    from no gain to all of it in one frame, a click and a peak 20 dB above the input's (the
+    limiter then pulled a hot mix's loudness down 7.5 LU). Ramped over a few frames, the hit
+    keeps its attack and the ask arrives within ~60 ms.
+    """
+    values = boost.detach().cpu().numpy()
+    out = np.empty_like(values)
+    prev = np.asarray(previous, dtype=values.dtype)
+    for t in range(values.shape[-1]):
+        prev = np.minimum(np.maximum(values[..., t], prev - SLEW_DOWN_DB), prev + SLEW_UP_DB)
+        out[..., t] = prev
+    return torch.from_numpy(out).to(boost), prev.copy()
+
+
+def bin_boost_cap(power: torch.Tensor) -> torch.Tensor:
+    """The most a bin may be raised (dB), from its power re its frame's peak (``(..., bins, frames)``).
+
+    ``MAX_BOOST_DB`` for bins within ``BIN_FLOOR_DB[1]`` dB of the frame's peak, none at
+    ``BIN_FLOOR_DB[0]`` and below, a linear ramp between. A mel band's gain spreads over every bin
+    it covers, also the ones its content barely reaches (a partial's skirt, the gaps between
+    partials, the sub-bass under a pad): raised with the band, they came up ~20 dB as noise.
+    """
+    tiny = torch.finfo(power.dtype).tiny
+    peak = power.amax(dim=-2, keepdim=True).clamp_min(tiny)
+    rel = 10.0 * torch.log10(power.clamp_min(tiny) / peak)
+    low, high = BIN_FLOOR_DB
+    return MAX_BOOST_DB * ((rel - low) / (high - low)).clamp_(0.0, 1.0)
+
+
 def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,
-                steps: int = REFINE_STEPS, produced: torch.Tensor | None = None) -> torch.Tensor:
+                steps: int = REFINE_STEPS, produced: torch.Tensor | None = None,
+                cap_db: torch.Tensor | None = None) -> torch.Tensor:
     """Per-bin amplitude gain ``sqrt(G)`` with ``fb.mel(G * power)`` close to ``target`` (mel power).
 
     Each step compares the mel power ``G`` produces with the target, band by
@@ -148,10 +206,12 @@ def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterb
     the filterbank normalised per bin (a geometric mean, so one band asking for
     a huge boost does not swamp a bin it shares with a quiet neighbour). The
     first step is the one-shot mask; ``steps`` more refine it. A bin's gain
-    stays within ``-MAX_CUT_DB ... +MAX_BOOST_DB``. ``produced`` may pass in
-    ``fb.mel(power)``.
+    stays within ``-MAX_CUT_DB ... +MAX_BOOST_DB`` (``cap_db``: a per-bin
+    boost limit, ``bin_boost_cap``). ``produced`` may pass in ``fb.mel(power)``.
     """
     min_log, max_log = (d * math.log(10.0) / 10.0 for d in (-MAX_CUT_DB, MAX_BOOST_DB))
+    if cap_db is not None:
+        max_log = cap_db * (math.log(10.0) / 10.0)
     tiny = torch.finfo(power.dtype).tiny
     log_target = target.clamp_min(tiny).log()
     log_gain = None
@@ -159,12 +219,15 @@ def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterb
         if step or produced is None:
             produced = fb.mel(power if log_gain is None else log_gain.exp() * power)
         step_gain = fb.spread(log_target - produced.clamp_min(tiny).log())
-        log_gain = (step_gain if log_gain is None else log_gain.add_(step_gain)).clamp_(min_log, max_log)
+        log_gain = step_gain if log_gain is None else log_gain.add_(step_gain)
+        log_gain = log_gain.clamp_(min_log, MAX_BOOST_DB * math.log(10.0) / 10.0)
+        if cap_db is not None:
+            log_gain = torch.minimum(log_gain, max_log)
     return (0.5 * log_gain).exp_()
 
 
 def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,
-                 e0: int, frames: slice) -> torch.Tensor:
+                 e0: int, frames: slice, cap_db: torch.Tensor | None = None) -> torch.Tensor:
     """One correction of the amplitude ``gain`` against the mel power the output really has.
 
     The masked spectrum is not the STFT of any signal: its inverse, analysed
@@ -191,7 +254,10 @@ def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, f
     log_ratio = (target.clamp_min(tiny).log() - actual.clamp_min(tiny).log()).clamp_(-limit, limit)
     min_log, max_log = (d * math.log(10.0) / 20.0 for d in (-MAX_CUT_DB, MAX_BOOST_DB))  # amplitude
     log_gain = gain[..., first:last].clamp_min(tiny).log() + 0.5 * fb.spread(log_ratio)
-    return log_gain.clamp_(min_log, max_log).exp_()
+    log_gain = log_gain.clamp_(min_log, max_log)
+    if cap_db is not None:  # ``cap_db`` covers ``frames``
+        log_gain = torch.minimum(log_gain, cap_db * (math.log(10.0) / 20.0))
+    return log_gain.exp_()
 
 
 def _ola_norm(n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
@@ -250,10 +316,13 @@ class GrainEngine:
         self.f0 = 0
         self.spec = torch.zeros(self.channels, N_FFT // 2 + 1, 0, dtype=torch.complex64, device=self.device)
         self.power = torch.zeros(self.channels, mel.N_MELS, 0, device=self.device)
+        self.ending = torch.zeros(self.channels, 0, dtype=torch.bool)  # frames running into digital silence
         self.windows = 0  # windows [0, windows) have added their asks to target
         self.t0 = 0  # target covers frames [t0, t0 + target.shape[-1])
         self.target = torch.zeros(self.channels, mel.N_MELS, 0, dtype=torch.float64, device=self.device)
         self.segments = 0  # segments built
+        self.slewed = 0  # target frames [0, slewed) have their rate of change limited (slew_limit)
+        self.boost = np.zeros((self.channels, mel.N_MELS))  # the limited gain (dB) of frame slewed - 1
         self.out = torch.zeros(self.channels, 0, device=self.device)  # overlap-add, padded samples from o0
         self.o0 = 0
         self.emitted = 0  # signal samples returned so far
@@ -323,12 +392,14 @@ class GrainEngine:
             b = min(stop, a + SEGMENT)
             signal = torch.from_numpy(self._input(a * HOP - N_FFT // 2, (b - 1) * HOP + N_FFT // 2))
             spec = mel.stft_block(signal.to(self.device), 0, b - a)
-            pieces[a] = (spec, self.fb.mel(spec.real.square() + spec.imag.square()))
+            power = self.fb.mel(spec.real.square() + spec.imag.square())
+            pieces[a] = (spec, power, runs_into_silence(signal))
 
         self._input(0, 0)  # joins the pending input once, before the threads read it
         parallel_map(work, starts, self.device)
         self.spec = torch.cat([self.spec, *(pieces[a][0] for a in starts)], dim=-1)
         self.power = torch.cat([self.power, *(pieces[a][1] for a in starts)], dim=-1)
+        self.ending = torch.cat([self.ending, *(pieces[a][2] for a in starts)], dim=-1)
         self.frames = stop
 
     def _compute_windows(self, stop: int) -> None:
@@ -359,12 +430,28 @@ class GrainEngine:
                 self.target[c, :, s : s + WINDOW_FRAMES] += ask.to(self.target) * w
         self.windows = stop
 
+    def _slew(self, stop: int) -> None:
+        """Limit the rate of change of target frames ``self.slewed .. stop-1`` (final by now), in order."""
+        if stop <= self.slewed:
+            return
+        a, b = self.slewed - self.t0, stop - self.t0
+        power = self.power[..., self.slewed - self.f0 : stop - self.f0]
+        given = (10.0 * torch.log10(power.clamp_min(mel.AMIN))).to(self.target)
+        asked = self.target[..., a:b] - given
+        # a frame whose window runs into digital silence (a file's end, a sound's cut) asks for no
+        # change: the model fills the drop there (+20 dB at a file's last frames) and the cut clicked
+        asked.masked_fill_(self.ending[:, None, self.slewed - self.f0 : stop - self.f0].to(asked.device), 0.0)
+        boost, self.boost = slew_limit(asked, self.boost)
+        self.target[..., a:b] = given + boost
+        self.slewed = stop
+
     def _build(self, stop: int, final: bool) -> np.ndarray:
         """Build segments ``self.segments .. stop-1``; return the samples that became final."""
         first = self.segments
         last_frame = SEGMENT * stop + MARGIN - 1
         self._compute_windows(last_frame // WINDOW_HOP + 1)
         self._compute_frames(last_frame + 1)
+        self._slew(last_frame + 1)
         results: dict[int, torch.Tensor] = {}
 
         def work(j: int) -> None:
@@ -373,10 +460,13 @@ class GrainEngine:
             spec = self.spec[..., e0 - self.f0 : e1 - self.f0]
             power = spec.real.square() + spec.imag.square()
             target = mel.db_to_power(self.target[..., e0 - self.t0 : e1 - self.t0]).to(power.dtype)
-            gain = refine_mask(power, target, self.fb, produced=self.power[..., e0 - self.f0 : e1 - self.f0])
+            cap = bin_boost_cap(power)
+            gain = refine_mask(power, target, self.fb, produced=self.power[..., e0 - self.f0 : e1 - self.f0],
+                               cap_db=cap)
             inner = slice(f0 - e0, f1 - e0)
             if CORRECT:
-                gain = correct_mask(spec, gain, target[..., inner], self.fb, e0, slice(f0, f1))
+                gain = correct_mask(spec, gain, target[..., inner], self.fb, e0, slice(f0, f1),
+                                    cap[..., inner])
             else:
                 gain = gain[..., inner]
             results[j] = mel.overlap_add(spec[..., inner] * gain)[0]
@@ -409,6 +499,7 @@ class GrainEngine:
         if keep_frames > self.f0:
             self.spec = self.spec[..., keep_frames - self.f0 :].clone()
             self.power = self.power[..., keep_frames - self.f0 :].clone()
+            self.ending = self.ending[..., keep_frames - self.f0 :].clone()
             self.f0 = keep_frames
         keep_target = SEGMENT * self.segments - MARGIN
         if keep_target > self.t0:
@@ -459,8 +550,9 @@ class GrainNode(NeuralNode):
         return self._stage
 
     # -- offline ---------------------------------------------------------------------------
-    def model_path(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
-        """The raw output (before the level stage), aligned with ``audio`` ``(C, N)`` float32."""
+    def model_path(self, audio: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """The raw output (before the level stage), aligned with ``audio`` ``(C, N)`` float32, and
+        the band above the model's that it carries unchanged (None at or below 44.1 kHz)."""
         x = np.ascontiguousarray(audio, dtype=np.float32)
         resampled = int(round(sample_rate)) != MODEL_SR
         x44 = resample(x, sample_rate, MODEL_SR) if resampled else x
@@ -474,18 +566,20 @@ class GrainNode(NeuralNode):
             engine.feed(x44)
             y44 = engine.run(final=True)[:, : x44.shape[-1]]
         if not resampled:
-            return y44
+            return y44, None
         y = resample(y44, MODEL_SR, sample_rate, length=x.shape[-1])
-        if int(round(sample_rate)) > MODEL_SR:  # the band the model cannot see passes unchanged
-            y = y + band_split(x, sample_rate, down=x44)[1]
-        return y
+        if int(round(sample_rate)) <= MODEL_SR:
+            return y, None
+        high = band_split(x, sample_rate, down=x44)[1]  # the band the model cannot see passes unchanged
+        return y + high, high
 
     def process_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
         if self.grain == 0.0:
             return audio.copy()  # a true bypass: the model's BatchNorm alone is not an identity
-        y = np.nan_to_num(self.model_path(audio, sample_rate), nan=0.0, posinf=0.0, neginf=0.0)
-        # levels at the caller's rate: what was above its Nyquist does not count
-        y = self.level_stage.apply(audio, y, sample_rate)
+        y, high = self.model_path(audio, sample_rate)
+        y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+        # levels at the caller's rate, the model band only: the band above passes untouched
+        y = self.level_stage.apply(audio, y, sample_rate, high=high)
         return np.asarray(y).astype(audio.dtype, copy=False)
 
     # -- streaming -------------------------------------------------------------------------
@@ -530,7 +624,7 @@ class GrainNode(NeuralNode):
         state["priming"] = self.path_latency(sample_rate)
         return state
 
-    def _model_path_stream(self, x: np.ndarray, sample_rate: float) -> np.ndarray:
+    def _model_path_stream(self, x: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray | None]:
         state = self._stream
         if state is None or state["sr"] != int(round(sample_rate)) or state["channels"] != x.shape[0]:
             state = self._stream = self._new_stream(x.shape[0], sample_rate)
@@ -544,11 +638,12 @@ class GrainNode(NeuralNode):
         state["fifo"].push(engine.run())
         y44 = state["fifo"].pop(count)  # engine_latency() is its worst case: it never runs dry
         if "up" not in state:
-            return y44
+            return y44, None
         y = state["up"].process(y44, frames=x.shape[-1])
-        if "high" in state:
-            y = y + state["high_delay"].process(state["high"].stream(x)[1])
-        return y
+        if "high" not in state:
+            return y, None
+        high = state["high_delay"].process(state["high"].stream(x)[1])
+        return y + high, high
 
     def stream_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
         if self.grain == 0.0:
@@ -556,13 +651,15 @@ class GrainNode(NeuralNode):
         if self.reconstruction != "phase":
             raise CakfxError("cak.grain: reconstruction='griffinlim' does not stream; use 'phase'")
         x = np.ascontiguousarray(audio, dtype=np.float32)
-        y = np.nan_to_num(self._model_path_stream(x, sample_rate), nan=0.0, posinf=0.0, neginf=0.0)
+        y, high = self._model_path_stream(x, sample_rate)
+        y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
         x_aligned = self._stream["input_delay"].process(x)
         # the path's priming zeros stay out of the level stage: its meters (BS.1770 gating blocks,
         # RMS) then see the signal from its first sample, as offline
         priming = min(self._stream["priming"], x.shape[-1])
         self._stream["priming"] -= priming
-        y_level = self.level_stage.stream(x_aligned[:, priming:], y[:, priming:], sample_rate)
+        y_level = self.level_stage.stream(x_aligned[:, priming:], y[:, priming:], sample_rate,
+                                          None if high is None else high[:, priming:])
         if priming:
             y_level = np.concatenate([np.zeros((x.shape[0], priming), np.float32), y_level], axis=-1)
         return np.asarray(y_level).astype(audio.dtype, copy=False)

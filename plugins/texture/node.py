@@ -40,6 +40,7 @@ from collections import deque
 import numpy as np
 import torch
 
+from cakfx.dsp.resample import DelayLine, HighBand, high_band
 from cakfx.dsp.stft import HOP, MODEL_SR, N_FFT, hann
 from cakfx.dsp.threads import parallel_map, serial_torch_ops
 from cakfx.errors import CakfxError
@@ -91,6 +92,7 @@ class TextureNode(NeuralNode):
         self._stage_key = None
         self._stream: _RawStream | None = None
         self._x_delay: _Fifo | None = None
+        self._high: tuple | None = None  # (HighBand, DelayLine) streaming the band above the model's
         self._measuring = False  # between begin_measure and end_measure
         self._priming = 0  # stream samples still to come before the signal's first (offline) sample
 
@@ -112,8 +114,9 @@ class TextureNode(NeuralNode):
             lat = raw.latency
             y = raw.push(np.concatenate([x, np.zeros((x.shape[0], lat), np.float32)], axis=1))[:, lat:]
         stage = self._level_stage()
-        if stage is not None:
-            y = stage.apply(x, y, sample_rate)
+        if stage is not None:  # the level stage levels the model band; the band above stays as it is
+            high = high_band(x, sample_rate) if int(round(sample_rate)) > MODEL_SR else None
+            y = stage.apply(x, y, sample_rate, high=high)
         return np.asarray(y).astype(audio.dtype, copy=False)
 
     def stream_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
@@ -127,18 +130,24 @@ class TextureNode(NeuralNode):
             self._stream = _RawStream(self, sample_rate, channels)  # a new stream (process() resets too)
             self._x_delay = _Fifo(channels, self._stream.latency)
             self._priming = self._stream.latency
+            self._high = None
+            if int(round(sample_rate)) > MODEL_SR:  # the band above the model's, aligned with y
+                band = HighBand(sample_rate, channels)
+                self._high = (band, DelayLine(channels, self._stream.latency - band.latency))
         y = self._stream.push(x)
         stage = self._level_stage()
         if stage is not None:
             self._x_delay.push(x)
             xd = self._x_delay.pop(x.shape[1])
+            high = None if self._high is None else self._high[1].process(self._high[0].stream(x)[1])
             if self._measuring:  # the meters see the signal as offline does: no priming zeros first
                 skip = min(self._priming, x.shape[1])
                 self._priming -= skip
                 if skip < x.shape[1]:
-                    stage.stream(xd[:, skip:], y[:, skip:], sample_rate)
+                    high = None if high is None else high[:, skip:]
+                    stage.stream(xd[:, skip:], y[:, skip:], sample_rate, high)
                 return np.zeros_like(audio)  # a measuring pass drops its output
-            y = stage.stream(xd, y, sample_rate)
+            y = stage.stream(xd, y, sample_rate, high)
         return np.asarray(y).astype(audio.dtype, copy=False)
 
     def latency_samples(self, sample_rate: float) -> int:
@@ -152,6 +161,7 @@ class TextureNode(NeuralNode):
         """Forget the stream (a kept level measurement stays, as the protocol says)."""
         self._stream = None
         self._x_delay = None
+        self._high = None
         if self._stage is not None:
             self._stage.reset()
 

@@ -12,7 +12,7 @@ import cakfx
 from cakfx.dsp import mel
 from cakfx.dsp.loudness import integrated_loudness, true_peak_db
 from cakfx.errors import CakfxError
-from cakfx.plugins.grain import import_checkpoint
+from cakfx.plugins.grain import asks, import_checkpoint, mask
 from cakfx.plugins.grain import node as grain_node
 from cakfx.plugins.grain.model import GrainProcessor
 from cakfx.plugins.grain.node import GrainNode
@@ -390,8 +390,8 @@ def test_a_hot_mix_keeps_its_loudness():
 
 def test_slew_limit_ramps_the_gain():
     boost = torch.tensor([[0.0, 30.0, 30.0, 30.0, 30.0, 30.0, -30.0, -30.0, -30.0, 0.0]])
-    limited, last = grain_node.slew_limit(boost, np.zeros(1))
-    assert (grain_node.SLEW_UP_DB, grain_node.SLEW_DOWN_DB) == (6.0, 12.0)
+    limited, last = mask.slew_limit(boost, np.zeros(1))
+    assert (mask.SLEW_UP_DB, mask.SLEW_DOWN_DB) == (6.0, 12.0)
     expected = [0.0, 6.0, 12.0, 18.0, 24.0, 30.0, 18.0, 6.0, -6.0, 0.0]  # up 6 dB, down 12 dB a frame
     torch.testing.assert_close(limited[0], torch.tensor(expected))
     assert last.tolist() == [expected[-1]]
@@ -425,15 +425,15 @@ def test_a_pads_sub_bass_skirts_are_not_lifted():
 
 def test_bins_far_under_their_frames_peak_get_no_boost():
     power = torch.tensor([[1.0], [1e-4], [1e-6], [1e-7], [1e-9]])  # 0, -40, -60, -70, -90 dB re the peak
-    low, high = grain_node.BIN_FLOOR_DB
-    expected = [grain_node.MAX_BOOST_DB * min(1.0, max(0.0, (r - low) / (high - low)))
+    low, high = mask.BIN_FLOOR_DB
+    expected = [mask.MAX_BOOST_DB * min(1.0, max(0.0, (r - low) / (high - low)))
                 for r in (0.0, -40.0, -60.0, -70.0, -90.0)]
-    torch.testing.assert_close(grain_node.bin_boost_cap(power)[:, 0], torch.tensor(expected))
+    torch.testing.assert_close(mask.bin_boost_cap(power)[:, 0], torch.tensor(expected))
     fb = mel.mel_filterbank(SR, dtype=torch.float64)
     spectrum = torch.rand(1025, 4, dtype=torch.float64) + 1e-3
     spectrum[:40] *= 1e-8  # the lowest bins: 80 dB under the rest
-    cap = grain_node.bin_boost_cap(spectrum)
-    gain = grain_node.refine_mask(spectrum, fb @ spectrum * 1e3, mel.BandedFilterbank(fb), cap_db=cap)
+    cap = mask.bin_boost_cap(spectrum)
+    gain = mask.refine_mask(spectrum, fb @ spectrum * 1e3, mel.BandedFilterbank(fb), cap_db=cap)
     assert (20 * torch.log10(gain[:40])).max() <= 1e-9  # asked +30 dB everywhere, these get none
 
 
@@ -457,15 +457,15 @@ def test_the_masks_gain_range_is_bounded():
     power = torch.rand(1025, 6, dtype=torch.float64) + 1e-3
     fb = mel.mel_filterbank(SR, dtype=torch.float64)
     produced = fb @ power
-    for factor, bound in ((1e9, grain_node.MAX_BOOST_DB), (1e-9, -grain_node.MAX_CUT_DB)):
-        gain = grain_node.refine_mask(power, produced * factor, mel.BandedFilterbank(fb))
+    for factor, bound in ((1e9, mask.MAX_BOOST_DB), (1e-9, -mask.MAX_CUT_DB)):
+        gain = mask.refine_mask(power, produced * factor, mel.BandedFilterbank(fb))
         worst = 20 * torch.log10(gain).abs().max()
         assert worst == pytest.approx(abs(bound), abs=1e-6)
 
 
 def test_bands_under_the_models_floor_keep_the_input():
     db = torch.tensor([-80.0, -70.0, -60.0, -10.0])
-    torch.testing.assert_close(grain_node.floor_weight(db), torch.tensor([0.0, 0.5, 1.0, 1.0]))
+    torch.testing.assert_close(asks.floor_weight(db), torch.tensor([0.0, 0.5, 1.0, 1.0]))
 
 
 # ---- streaming (reset=False) ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 
 from cakfx.dsp import mel
 from cakfx.dsp.stft import MODEL_SR, istft, stft
+from cakfx.plugins.grain.asks import level_match, window_db
 
 CHUNK_SECONDS = 3.0
 CROSSFADE_SECONDS = 0.5
@@ -61,8 +62,6 @@ def griffin_lim(magnitude: torch.Tensor, length: int, generator: torch.Generator
 
 def chunk_target(model, chunk: torch.Tensor, grain: float) -> torch.Tensor:
     """Mel power the model asks for on one chunk ``(C, samples)``: one window per chunk, as the original."""
-    from cakfx.plugins.grain.node import level_match, window_db
-
     power = mel.mel_power(chunk, MODEL_SR)
     norm, low, high = mel.normalise_window(window_db(power)[0])
     with torch.inference_mode():

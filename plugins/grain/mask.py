@@ -1,0 +1,122 @@
+"""The ``"phase"`` reconstruction's mask: per-bin gains that give the mel power the model asked for.
+
+Kept apart from the engine (``node.py``) that cuts the signal into segments and
+windows: these functions see one block of frames and know nothing of streaming.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from cakfx.dsp import mel
+from cakfx.dsp.stft import HOP, N_FFT
+
+REFINE_STEPS = 3
+CORRECTION_LIMIT_DB = 10.0  # per band: a band the mask cannot reach must not drag its bins' neighbours
+MAX_BOOST_DB = 36.0  # a bin is raised at most this much (the model's largest asks within its range, +34 dB)
+MAX_CUT_DB = 60.0  # ... and lowered at most this much (below that it is gone anyway)
+SLEW_UP_DB = 6.0  # a band's gain rises at most this much from one frame (11.6 ms) to the next ...
+SLEW_DOWN_DB = 12.0  # ... and falls at most this much
+BIN_FLOOR_DB = (-70.0, -50.0)  # bins this far below their frame's peak: raised not at all ... fully
+
+
+def slew_limit(boost: torch.Tensor, previous: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """Each band's gain (dB, ``(..., bands, frames)``) moved towards the asked ``boost`` by at most
+    ``SLEW_UP_DB`` up / ``SLEW_DOWN_DB`` down per frame, from ``previous`` (the gain of the frame
+    before); returns the limited gains and the last frame's.
+
+    Bands below the model's floor keep the input (``floor_weight``), bands above it get the
+    model's ask, often +20-30 dB: a hit whose highs rise out of the floor would otherwise jump
+    from no gain to all of it in one frame, a click and a peak 20 dB above the input's (the
+    limiter then pulled a hot mix's loudness down 7.5 LU). Ramped over a few frames, the hit
+    keeps its attack and the ask arrives within ~60 ms.
+    """
+    values = boost.detach().cpu().numpy()
+    out = np.empty_like(values)
+    prev = np.asarray(previous, dtype=values.dtype)
+    for t in range(values.shape[-1]):
+        prev = np.minimum(np.maximum(values[..., t], prev - SLEW_DOWN_DB), prev + SLEW_UP_DB)
+        out[..., t] = prev
+    return torch.from_numpy(out).to(boost), prev.copy()
+
+
+def bin_boost_cap(power: torch.Tensor) -> torch.Tensor:
+    """The most a bin may be raised (dB), from its power re its frame's peak (``(..., bins, frames)``).
+
+    ``MAX_BOOST_DB`` for bins within ``BIN_FLOOR_DB[1]`` dB of the frame's peak, none at
+    ``BIN_FLOOR_DB[0]`` and below, a linear ramp between. A mel band's gain spreads over every bin
+    it covers, also the ones its content barely reaches (a partial's skirt, the gaps between
+    partials, the sub-bass under a pad): raised with the band, they came up ~20 dB as noise.
+    """
+    tiny = torch.finfo(power.dtype).tiny
+    peak = power.amax(dim=-2, keepdim=True).clamp_min(tiny)
+    rel = 10.0 * torch.log10(power.clamp_min(tiny) / peak)
+    low, high = BIN_FLOOR_DB
+    return MAX_BOOST_DB * ((rel - low) / (high - low)).clamp_(0.0, 1.0)
+
+
+def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,
+                steps: int = REFINE_STEPS, produced: torch.Tensor | None = None,
+                cap_db: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-bin amplitude gain ``sqrt(G)`` with ``fb.mel(G * power)`` close to ``target`` (mel power).
+
+    Each step compares the mel power ``G`` produces with the target, band by
+    band, and moves every bin's log gain by its bands' log ratios, weighted by
+    the filterbank normalised per bin (a geometric mean, so one band asking for
+    a huge boost does not swamp a bin it shares with a quiet neighbour). The
+    first step is the one-shot mask; ``steps`` more refine it. A bin's gain
+    stays within ``-MAX_CUT_DB ... +MAX_BOOST_DB`` (``cap_db``: a per-bin
+    boost limit, ``bin_boost_cap``). ``produced`` may pass in ``fb.mel(power)``.
+    """
+    min_log, max_log = (d * math.log(10.0) / 10.0 for d in (-MAX_CUT_DB, MAX_BOOST_DB))
+    if cap_db is not None:
+        max_log = cap_db * (math.log(10.0) / 10.0)
+    tiny = torch.finfo(power.dtype).tiny
+    log_target = target.clamp_min(tiny).log()
+    log_gain = None
+    for step in range(steps + 1):
+        if step or produced is None:
+            produced = fb.mel(power if log_gain is None else log_gain.exp() * power)
+        step_gain = fb.spread(log_target - produced.clamp_min(tiny).log())
+        log_gain = step_gain if log_gain is None else log_gain.add_(step_gain)
+        log_gain = log_gain.clamp_(min_log, MAX_BOOST_DB * math.log(10.0) / 10.0)
+        if cap_db is not None:
+            log_gain = torch.minimum(log_gain, max_log)
+    return (0.5 * log_gain).exp_()
+
+
+def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,
+                 e0: int, frames: slice, cap_db: torch.Tensor | None = None) -> torch.Tensor:
+    """One correction of the amplitude ``gain`` against the mel power the output really has.
+
+    The masked spectrum is not the STFT of any signal: its inverse, analysed
+    again, comes out smoother than the mask (most in the narrow low bands and
+    where the ask changes fast). This rebuilds the segment's audio once, takes
+    its mel power on ``frames`` (global frame numbers; ``spec`` starts at frame
+    ``e0`` and covers their neighbours) and moves the gain of those frames by
+    the spread log ratio target / actual, each band's ratio limited to
+    ``CORRECTION_LIMIT_DB`` (one band out of reach, e.g. empty at the input,
+    would otherwise pull up the loud bins it shares with its neighbours and
+    make a steady tone flutter). Returns the gain for ``frames``.
+    """
+    n_fft, hop = N_FFT, HOP
+    signal, norm = mel.overlap_add(spec * gain, n_fft, hop)
+    signal = torch.where(norm > 1e-11, signal / norm.clamp_min(1e-11), signal)
+    # the real output is zero before the signal: zero the centring pad as a fresh analysis would
+    if e0 * hop < n_fft // 2:
+        signal[..., : n_fft // 2 - e0 * hop] = 0.0
+    first, last = frames.start - e0, frames.stop - e0
+    again = mel.stft_block(signal, first, last, n_fft, hop)
+    actual = fb.mel(again.real.square() + again.imag.square())
+    tiny = torch.finfo(actual.dtype).tiny
+    limit = CORRECTION_LIMIT_DB * math.log(10.0) / 10.0
+    log_ratio = (target.clamp_min(tiny).log() - actual.clamp_min(tiny).log()).clamp_(-limit, limit)
+    min_log, max_log = (d * math.log(10.0) / 20.0 for d in (-MAX_CUT_DB, MAX_BOOST_DB))  # amplitude
+    log_gain = gain[..., first:last].clamp_min(tiny).log() + 0.5 * fb.spread(log_ratio)
+    log_gain = log_gain.clamp_(min_log, max_log)
+    if cap_db is not None:  # ``cap_db`` covers ``frames``
+        log_gain = torch.minimum(log_gain, cap_db * (math.log(10.0) / 20.0))
+    return log_gain.exp_()

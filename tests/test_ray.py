@@ -436,7 +436,8 @@ def test_missing_or_altered_weights_on_workers_is_one_clear_error(cluster, tmp_p
 
 @pytest.mark.slow
 def test_ctrl_c_cancels_cleanly_and_a_rerun_resumes(cluster, tmp_path):
-    files = [(f"loops/{i:02d}.wav", 44100, 2, "WAV", "PCM_16", 3.0) for i in range(12)]
+    # enough work that the interrupt lands mid-run even when each file takes only a few ms
+    files = [(f"loops/{i:02d}.wav", 44100, 2, "WAV", "PCM_16", 3.0) for i in range(48)]
     lib = make_library(tmp_path / "lib", files, extras=False)
     out, report = tmp_path / "ray", tmp_path / "ray.json"
     cmd = [sys.executable, "-m", "cakfx", "process", lib, *PRESET, "-o", out, "-q", "--workers", "2",

@@ -67,6 +67,22 @@ def _as_array(audio) -> np.ndarray:
     return np.asarray(audio)
 
 
+def _channels_first(audio) -> np.ndarray:
+    """``audio`` as numpy, a 1-D signal as one channel (shape checked later, by ``_as_2d``)."""
+    audio = _as_array(audio)
+    return audio[None] if audio.ndim == 1 else audio
+
+
+def _channel_count(audio: np.ndarray) -> int:
+    return audio.shape[0] if audio.ndim == 2 else 1
+
+
+def _chunks(audio: np.ndarray):
+    """``CHUNK`` samples per channel at a time (at least one, maybe empty, chunk): the meters make
+    float64 copies of one chunk, not of the whole signal."""
+    return (audio[..., a : a + CHUNK] for a in range(0, max(audio.shape[-1], 1), CHUNK))
+
+
 def _as_2d(audio) -> np.ndarray:
     """``(C, N)`` float64 numpy view of a numpy array or torch tensor; rejects non-finite samples."""
     x = np.asarray(_as_array(audio), dtype=np.float64)
@@ -94,12 +110,10 @@ def integrated_loudness(audio, sample_rate: float) -> float:
     Shorter than 400 ms: the K-weighted RMS level of the whole signal in the same scale.
     Digital silence (or nothing above the -70 LUFS gate): ``-inf``.
     """
-    audio = _as_array(audio)
-    if audio.ndim == 1:
-        audio = audio[None]
-    meter = LoudnessMeter(sample_rate, audio.shape[0] if audio.ndim == 2 else 1)
-    for a in range(0, max(audio.shape[-1], 1), CHUNK):  # float64 copies of a chunk at a time
-        meter.process(audio[..., a : a + CHUNK])
+    audio = _channels_first(audio)
+    meter = LoudnessMeter(sample_rate, _channel_count(audio))
+    for chunk in _chunks(audio):
+        meter.process(chunk)
     return meter.loudness
 
 
@@ -111,25 +125,21 @@ def sample_peak_db(audio) -> float:
 
 def true_peak_db(audio) -> float:
     """True peak in dBTP: the largest magnitude of the 4x oversampled signal (BS.1770-4 Annex 2)."""
-    audio = _as_array(audio)
-    if audio.ndim == 1:
-        audio = audio[None]
-    meter = PeakMeter(audio.shape[0] if audio.ndim == 2 else 1)
-    for a in range(0, max(audio.shape[-1], 1), CHUNK):
-        meter.process(audio[..., a : a + CHUNK])
+    audio = _channels_first(audio)
+    meter = PeakMeter(_channel_count(audio))
+    for chunk in _chunks(audio):
+        meter.process(chunk)
     return meter.true_peak_db
 
 
 def true_peak_exceeds(audio, db: float) -> bool:
     """``true_peak_db(audio) > db``, answered without oversampling what cannot reach ``db``
     and from the first sample or inter-sample peak above it (a limiter's on/off decision)."""
-    audio = _as_array(audio)
-    if audio.ndim == 1:
-        audio = audio[None]
+    audio = _channels_first(audio)
     below = 10.0 ** (db / 20.0) * (1 - 1e-9)  # what cannot pass db is skipped; dB decides the rest
-    history = np.zeros((audio.shape[0] if audio.ndim == 2 else 1, TAPS_PER_PHASE - 1))
-    for a in range(0, audio.shape[-1], CHUNK):
-        x = _as_2d(audio[..., a : a + CHUNK])
+    history = np.zeros((_channel_count(audio), TAPS_PER_PHASE - 1))
+    for chunk in _chunks(audio):
+        x = _as_2d(chunk)
         joined = np.concatenate([history, x], axis=1)
         if _db(float(np.abs(x).max(initial=0.0)), 20.0) > db:
             return True

@@ -102,9 +102,14 @@ class Cluster:
         self.auth: dict[str, str] = {}
         self.holder = subprocess.Popen(["unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep 86400"])
         for _ in range(100):  # wait until the holder has exec'd into the namespace with lo up
-            if "sleep" in cmdline(self.holder.pid):
+            # its own command line also names sleep: only once it *starts* with it has the shell
+            # exec'd, so unshare made the namespace and lo is up (else nsenter would join ours)
+            if cmdline(self.holder.pid).startswith("sleep"):
                 break
             time.sleep(0.05)
+        if os.readlink(f"/proc/{self.holder.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            self.holder.kill()
+            raise RuntimeError("the test cluster's network namespace did not come up")
         # workers get their own empty $CAKFX_HOME: they must not need the driver's
         # token auth with a token of this cluster's own, passed to every process we start
         self.auth = {

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import signal
 
-from cakfx.dsp.resample import HighBand, StreamResampler, band_split, output_length, resample
+from cakfx.dsp.resample import HighBand, StreamResampler, band_split, high_band, output_length, resample
 
 
 def tones(freqs_amps, seconds, sr, channels=1):
@@ -139,6 +139,17 @@ def test_high_band_stream_equals_band_split_delayed(sr):
     assert np.abs(s_high[:, lat : lat + m] - high[:, :m]).max() < 1e-6
     delayed = np.pad(x, ((0, 0), (lat, 0)))[:, : x.shape[1]]
     assert np.abs(s_low + s_high - delayed).max() < 1e-6  # the two bands sum to the input, delayed
+
+
+@pytest.mark.parametrize("sr", [48000, 96000, 88200])
+@pytest.mark.parametrize("n", [1, 300, 4410, 30011])
+def test_high_band_equals_the_stream_run_over_the_whole_signal(sr, n):
+    # high_band computes in two soxr calls what HighBand streams in pieces: the same samples
+    x = np.random.default_rng(n).normal(0, 0.3, (2, n)).astype(np.float32)
+    hb = HighBand(sr, channels=2)
+    flushed = np.pad(x, ((0, 0), (0, hb.latency)))
+    streamed = np.concatenate(stream_all(lambda b: hb.stream(b)[1], flushed, [4096] * 64), axis=1)
+    assert np.array_equal(high_band(x, sr), streamed[:, hb.latency :])
 
 
 def test_stream_rejects_wrong_channel_count():

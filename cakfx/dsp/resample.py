@@ -260,8 +260,24 @@ def high_band(x: np.ndarray, sample_rate: float, model_sr: float = MODEL_SR) -> 
     band = HighBand(sample_rate, x.shape[0], model_sr)
     if not band.active:
         return np.zeros_like(x)
-    flushed = np.concatenate([np.asarray(x, np.float32), np.zeros((x.shape[0], band.latency), np.float32)], 1)
-    return band.stream(flushed)[1][:, band.latency :]
+    x = np.asarray(x, np.float32)
+    n, total = x.shape[1], x.shape[1] + band.latency  # the stream is flushed with `latency` zeros
+    flushed = np.concatenate([x, np.zeros((x.shape[0], band.latency), np.float32)], 1)
+    # what the two StreamResamplers return for the whole flushed signal in one block: their
+    # latency's zeros, then the offline resampling (bit for bit), computed by one soxr call each
+    # instead of PIECE-sample stream calls (four times faster on a 20 s file)
+    down, up = band.down, band.up
+    d = _delayed(resample(flushed, down.orig, down.new), down.latency, total * down.new // down.orig)
+    low = _delayed(resample(d, up.orig, up.new), up.latency, total)
+    return x - low[:, band.latency : band.latency + n]
+
+
+def _delayed(y: np.ndarray, latency: int, count: int) -> np.ndarray:
+    """The first ``count`` samples of ``y`` after ``latency`` zeros (``(C, N)``)."""
+    out = np.zeros((y.shape[0], count), y.dtype)
+    take = max(0, min(count - latency, y.shape[1]))
+    out[:, latency : latency + take] = y[:, :take]
+    return out
 
 
 class HighBand:

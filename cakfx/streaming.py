@@ -35,6 +35,7 @@ A file played in real time is the same loop at the device's block size::
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -223,3 +224,47 @@ def _leaves_needing_measure(node: EffectNode) -> list[EffectNode]:
             for leaf in _leaves_needing_measure(item)
         ]
     return [node] if node.needs_measure else []
+
+
+class Spool:
+    """``(channels, n)`` float32 blocks written once, then read back in order in any chunking,
+    kept in an unnamed temporary file: memory stays bounded by a block however long the stream.
+
+    A node keeps its measuring pass's output here so the render pass that follows reads it
+    instead of computing it again (``cak.texture``). ``push`` raises ``OSError`` when the disk
+    is full; the node then computes as before.
+
+    >>> spool = Spool(2)
+    >>> spool.push(np.arange(6, dtype=np.float32).reshape(2, 3))
+    >>> spool.pop(2).tolist(), spool.pop(5).tolist(), spool.size
+    ([[0.0, 1.0], [3.0, 4.0]], [[2.0], [5.0]], 0)
+    """
+
+    def __init__(self, channels: int) -> None:
+        self.channels = int(channels)
+        self.size = 0  # samples written and not read yet
+        self._file = tempfile.TemporaryFile()
+        self._reading = False
+
+    def push(self, block: np.ndarray) -> None:
+        if self._reading:
+            raise RuntimeError("Spool: written after reading began")
+        if block.shape[0] != self.channels:
+            raise ValueError(f"Spool holds {self.channels} channels, got {block.shape[0]}")
+        self._file.write(np.ascontiguousarray(block.T, dtype=np.float32))  # frames, channels interleaved
+        self.size += block.shape[1]
+
+    def pop(self, n: int) -> np.ndarray:
+        """The next ``min(n, size)`` samples, ``(channels, m)``."""
+        if not self._reading:
+            self._file.flush()
+            self._file.seek(0)
+            self._reading = True
+        frames = np.empty((min(int(n), self.size), self.channels), np.float32)
+        if self._file.readinto(frames.data.cast("B")) != frames.nbytes:
+            raise OSError("Spool: the temporary file ended early")
+        self.size -= frames.shape[0]
+        return np.ascontiguousarray(frames.T)
+
+    def close(self) -> None:
+        self._file.close()

@@ -410,6 +410,51 @@ def test_render_stream_of_a_preset_equals_offline(sr):
     assert snr_db(offline, streamed) >= 100.0
 
 
+@pytest.mark.parametrize("sr", [44100, 48000])
+def test_render_stream_runs_the_model_once_and_keeps_its_output_exact(sr, monkeypatch):
+    from cakfx.plugins.texture import node as texture_node
+    from cakfx.presets import build_chain, read_preset
+    from cakfx.streaming import Spool, render_stream
+
+    x = 0.8 * drums(2.0, channels=2, sr=sr)
+    modelled = []
+    frames = texture_node._RawStream.frames
+    monkeypatch.setattr(texture_node._RawStream, "frames",
+                        lambda self, block: modelled.append(block.shape[1]) or frames(self, block))
+
+    def render() -> np.ndarray:
+        chain = build_chain(read_preset("texture-drums"), device="cpu")
+        parts = []
+        blocks = lambda: (x[:, i : i + 3000] for i in range(0, x.shape[1], 3000))  # noqa: E731
+        render_stream(chain, blocks, sr, parts.append)
+        return np.concatenate(parts, axis=1)
+
+    kept = render()  # the render pass reads what the measuring pass computed
+    once = sum(modelled)
+    assert x.shape[1] * 44100 // sr <= once < (x.shape[1] + 12000) * 44100 // sr  # input + a flush
+    modelled.clear()
+
+    def disk_full(self, block):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Spool, "push", disk_full)
+    again = render()  # nothing kept: the render pass computes again, to the same samples
+    assert sum(modelled) > 1.9 * once
+    assert np.array_equal(kept, again)
+
+
+def test_a_second_measured_node_makes_the_first_compute_again():
+    from cakfx.streaming import render_stream
+
+    sr = 44100
+    x = 3 * drums(1.5, channels=2, sr=sr)
+    chain = cakfx.Chain([make_node(amount=1.0, level="match"), make_node(amount=0.5, level="match")])
+    offline = chain(x, sr)
+    parts = []
+    render_stream(chain, lambda: (x[:, i : i + 4096] for i in range(0, x.shape[1], 4096)), sr, parts.append)
+    assert snr_db(offline, np.concatenate(parts, axis=1)) >= 100.0
+
+
 def test_reset_starts_a_new_stream():
     x = stream_signal(44100, 2)
     node = make_node(amount=1.0)

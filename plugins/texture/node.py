@@ -47,6 +47,7 @@ from cakfx.errors import CakfxError
 from cakfx.neural import NeuralNode
 from cakfx.plugins.texture import EFFECT, dsp
 from cakfx.plugins.texture.model import TextureCAK, conv3x3
+from cakfx.streaming import Spool
 
 PIECES = N_FFT // HOP  # frames overlapping each hop-sized chunk of output
 BINS = N_FFT // 2 + 1
@@ -94,6 +95,10 @@ class TextureNode(NeuralNode):
         self._x_delay: _Fifo | None = None
         self._high: tuple | None = None  # (HighBand, DelayLine) streaming the band above the model's
         self._measuring = False  # between begin_measure and end_measure
+        # the measuring pass's model output, kept for the render pass (see _raw)
+        self._keep = False  # keep it (until a write fails)
+        self._recording: Spool | None = None  # being written by a measuring pass
+        self._replay: _Replay | None = None  # read back by the render pass
         self._priming = 0  # stream samples still to come before the signal's first (offline) sample
 
     @classmethod
@@ -127,19 +132,12 @@ class TextureNode(NeuralNode):
         channels = x.shape[0]
         stream = self._stream
         if stream is None or (stream.sample_rate, stream.channels) != (sample_rate, channels):
-            self._stream = _RawStream(self, sample_rate, channels)  # a new stream (process() resets too)
-            self._x_delay = _Fifo(channels, self._stream.latency)
-            self._priming = self._stream.latency
-            self._high = None
-            if int(round(sample_rate)) > MODEL_SR:  # the band above the model's, aligned with y
-                band = HighBand(sample_rate, channels)
-                self._high = (band, DelayLine(channels, self._stream.latency - band.latency))
-        y = self._stream.push(x)
+            self._start_stream(float(sample_rate), channels)  # a new stream (process() resets too)
         stage = self._level_stage()
+        y, high = self._raw(x, stage is not None)
         if stage is not None:
             self._x_delay.push(x)
             xd = self._x_delay.pop(x.shape[1])
-            high = None if self._high is None else self._high[1].process(self._high[0].stream(x)[1])
             if self._measuring:  # the meters see the signal as offline does: no priming zeros first
                 skip = min(self._priming, x.shape[1])
                 self._priming -= skip
@@ -150,6 +148,65 @@ class TextureNode(NeuralNode):
             y = stage.stream(xd, y, sample_rate, high)
         return np.asarray(y).astype(audio.dtype, copy=False)
 
+    def _start_stream(self, sample_rate: float, channels: int) -> None:
+        """The model path's stream state: the measuring pass's, kept, where a render pass replays
+        it (``_replay``); else new."""
+        replay = self._replay
+        kept = None if replay is None else (replay.stream.sample_rate, replay.stream.channels)
+        if kept == (sample_rate, channels):
+            self._stream, self._high = replay.stream, replay.high
+        else:
+            self._drop_replay()
+            self._stream = _RawStream(self, sample_rate, channels)
+            self._high = None
+            if int(round(sample_rate)) > MODEL_SR:  # the band above the model's, aligned with y
+                band = HighBand(sample_rate, channels)
+                self._high = (band, DelayLine(channels, self._stream.latency - band.latency))
+        self._x_delay = _Fifo(channels, self._stream.latency)
+        self._priming = self._stream.latency
+
+    def _raw(self, x: np.ndarray, with_high: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model path's output for block ``x`` and (``with_high``) the band above the model's.
+
+        A render pass after a measuring pass reads what that pass kept, then carries on with its
+        stream state; a measuring pass keeps what it computes (``cakfx.streaming.Spool``)."""
+        channels, n = x.shape
+        high_rows = with_high and self._high is not None
+        parts = []
+        replay = self._replay
+        if replay is not None:
+            replay.started = True
+            kept = replay.spool.pop(n)
+            parts.append(kept)
+            x = x[:, kept.shape[1] :]
+            if not replay.spool.size:
+                self._drop_replay()  # the stream carries on from where the measuring pass left it
+        if x.shape[1]:
+            y = self._stream.push(x)
+            if high_rows:
+                y = np.concatenate([y, self._high[1].process(self._high[0].stream(x)[1])])
+            if self._measuring and self._keep:
+                try:
+                    if self._recording is None:
+                        self._recording = Spool(y.shape[0])
+                    self._recording.push(y)
+                except OSError:  # no room for it: the render pass computes again
+                    self._drop_recording()
+                    self._keep = False
+            parts.append(y)
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        return (rows[:channels], rows[channels:]) if high_rows else (rows, None)
+
+    def _drop_replay(self) -> None:
+        if self._replay is not None:
+            self._replay.spool.close()
+            self._replay = None
+
+    def _drop_recording(self) -> None:
+        if self._recording is not None:
+            self._recording.close()
+            self._recording = None
+
     def latency_samples(self, sample_rate: float) -> int:
         """Samples a stream (``reset=False``) lags the offline output at ``sample_rate``."""
         if self.amount == 0.0:
@@ -158,10 +215,14 @@ class TextureNode(NeuralNode):
         return raw_latency(sample_rate) + (stage.latency_samples(sample_rate) if stage is not None else 0)
 
     def reset(self) -> None:
-        """Forget the stream (a kept level measurement stays, as the protocol says)."""
+        """Forget the stream (a kept level measurement stays, as the protocol says; so does the
+        measuring pass's output until a render pass has begun reading it)."""
         self._stream = None
         self._x_delay = None
         self._high = None
+        if self._replay is not None and self._replay.started:
+            self._drop_replay()  # its stream state has moved on: compute from the start
+        self._drop_recording()  # a measuring pass that starts over keeps nothing of the first
         if self._stage is not None:
             self._stage.reset()
 
@@ -184,18 +245,28 @@ class TextureNode(NeuralNode):
 
     def begin_measure(self) -> None:
         self._measuring = True
+        self._keep = True
+        self._drop_replay()
+        self._drop_recording()
         stage = self._level_stage()
         if stage is not None:
             stage.begin_measure()
 
     def end_measure(self) -> None:
         self._measuring = False
+        recording, self._recording = self._recording, None
+        if recording is not None and recording.size and self._stream is not None:
+            self._replay = _Replay(recording, self._stream, self._high)
+        elif recording is not None:
+            recording.close()
         stage = self._level_stage()
         if stage is not None:
             stage.end_measure()
 
     def forget_measure(self) -> None:
         self._measuring = False
+        self._drop_replay()
+        self._drop_recording()
         stage = self._level_stage()
         if stage is not None:
             stage.forget_measure()
@@ -335,6 +406,14 @@ class _Fifo:
         if len(out) == 1:
             return out[0]
         return np.concatenate(out, axis=1) if out else np.zeros((0, 0), np.float32)
+
+
+class _Replay:
+    """A measuring pass's model output (``spool``) and the stream state it ended in."""
+
+    def __init__(self, spool: Spool, stream: _RawStream, high: tuple | None) -> None:
+        self.spool, self.stream, self.high = spool, stream, high
+        self.started = False  # a render pass has read from it
 
 
 class _RawStream:

@@ -294,6 +294,38 @@ def test_block_threads_restore_torch_threads_and_agree():
         torch.set_num_threads(saved)
 
 
+def test_files_in_parallel_run_their_blocks_on_their_own_thread_with_idle_block_threads_helping():
+    import threading
+
+    from cakfx.dsp.threads import one_thread_per_file, parallel_map
+
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        serial = make_node(block_frames=8)(drums(1.0), 44100)
+        helped = threading.Event()
+        ran: dict[int, str] = {}
+
+        def job(k: int) -> None:
+            ran[k] = threading.current_thread().name
+            if k == 0:  # the file's own thread waits here until a block thread has taken job 1
+                helped.wait(60)
+            elif k == 1:
+                helped.set()
+
+        with one_thread_per_file():
+            assert torch.get_num_threads() == 1
+            parallel_map(job, range(6))
+            assert np.array_equal(make_node(block_frames=8)(drums(1.0), 44100), serial)
+        assert helped.is_set() and sorted(ran) == list(range(6))
+        assert ran[0] == threading.current_thread().name != ran[1]
+        with one_thread_per_file(), pytest.raises(RuntimeError, match="boom"):
+            parallel_map(lambda k: (_ for _ in ()).throw(RuntimeError("boom")) if k == 3 else None, range(8))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_a_failing_block_propagates_and_restores_threads(monkeypatch):
     node = make_node(block_frames=8)
     calls = []

@@ -8,14 +8,16 @@ and runs the blocks on ``torch.get_num_threads()`` Python threads instead (torch
 the GIL). Accelerators run the jobs in order.
 
 While the batch engine runs several files at once (``--jobs``), ``one_thread_per_file`` makes
-each file's work serial (torch on one thread, blocks in order on the file's own thread), so
-files x threads never exceeds the cores it was given.
+each file's blocks run on the file's own thread, in order, with idle block threads taking the next
+ones (torch on one thread throughout): a file does not wait on block threads other files hold, and
+a batch's last files, fewer than the cores, still use them all.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -77,9 +79,12 @@ def parallel_map(fn: Callable[[Any], None], jobs: Iterable, device: torch.device
             fn(job)
         return
     with serial_torch_ops() as workers:
-        if workers < 2 or _per_file:
+        if workers < 2:
             for job in jobs:
                 fn(job)
+            return
+        if _per_file:
+            _caller_runs(fn, jobs, workers)
             return
         futures = [_block_pool(workers).submit(fn, job) for job in jobs]
         try:
@@ -89,6 +94,37 @@ def parallel_map(fn: Callable[[Any], None], jobs: Iterable, device: torch.device
             for future in futures:
                 future.cancel()
             wait(futures)  # nothing of this call runs on after it returns
+
+
+def _caller_runs(fn: Callable[[Any], None], jobs: list, workers: int) -> None:
+    """While files run in parallel: the calling (file) thread takes the jobs in order itself and
+    idle block threads take the next ones when they are free. A batch's files then keep every core
+    busy when fewer files than cores are left (its last files), without the file threads waiting
+    on block threads the other files hold."""
+    pending = deque(jobs)
+
+    def drain() -> None:
+        try:
+            while True:
+                try:
+                    job = pending.popleft()  # atomic: each job runs once
+                except IndexError:
+                    return
+                fn(job)
+        except BaseException:
+            pending.clear()  # an error (or Ctrl-C) drops the jobs not started yet
+            raise
+
+    helpers = [_block_pool(workers).submit(drain) for _ in range(workers - 1)]
+    try:
+        drain()
+    finally:
+        for helper in helpers:
+            helper.cancel()  # not started: nothing left for it
+        wait(helpers)  # nothing of this call runs on after it returns
+    for helper in helpers:
+        if not helper.cancelled():
+            helper.result()  # re-raises a helper's exception
 
 
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, threads, pool)

@@ -43,6 +43,9 @@ import numpy as np
 from cakfx.node import EffectNode
 
 SINK_BLOCK = 1 << 16  # output blocks of a held (offline) render: fewer, larger writes and meter calls
+#: temporary-file bytes a ``Spool`` may hold (12 min of 44.1 kHz stereo float32): where /tmp is in
+#: memory (tmpfs) a spool is memory too, so longer streams compute again instead
+SPOOL_BYTES = 1 << 28
 
 
 def render_stream(
@@ -232,7 +235,7 @@ class Spool:
 
     A node keeps its measuring pass's output here so the render pass that follows reads it
     instead of computing it again (``cak.texture``). ``push`` raises ``OSError`` when the disk
-    is full; the node then computes as before.
+    is full or the spool would pass ``limit`` bytes; the node then computes as before.
 
     >>> spool = Spool(2)
     >>> spool.push(np.arange(6, dtype=np.float32).reshape(2, 3))
@@ -240,8 +243,8 @@ class Spool:
     ([[0.0, 1.0], [3.0, 4.0]], [[2.0], [5.0]], 0)
     """
 
-    def __init__(self, channels: int) -> None:
-        self.channels = int(channels)
+    def __init__(self, channels: int, limit: int = SPOOL_BYTES) -> None:
+        self.channels, self.limit = int(channels), int(limit)
         self.size = 0  # samples written and not read yet
         self._file = tempfile.TemporaryFile()
         self._reading = False
@@ -251,6 +254,8 @@ class Spool:
             raise RuntimeError("Spool: written after reading began")
         if block.shape[0] != self.channels:
             raise ValueError(f"Spool holds {self.channels} channels, got {block.shape[0]}")
+        if (self.size + block.shape[1]) * self.channels * 4 > self.limit:
+            raise OSError(f"Spool: over its limit of {self.limit} bytes")
         self._file.write(np.ascontiguousarray(block.T, dtype=np.float32))  # frames, channels interleaved
         self.size += block.shape[1]
 

@@ -418,3 +418,17 @@ def test_render_stream_does_not_hold_stages_that_stream_differently():
         results.append(np.concatenate(out, axis=1))
     assert np.array_equal(results[0], results[1])  # the stream, not the offline call
     assert snr_db(pedalboard.GSMFullRateCompressor()(x, SR), results[1]) < 100
+
+
+def test_spool_reads_back_in_any_chunking_and_refuses_to_pass_its_limit():
+    from cakfx.streaming import Spool
+
+    x = np.random.default_rng(3).normal(size=(3, 1000)).astype(np.float32)
+    spool = Spool(3, limit=3 * 1000 * 4)
+    for a in range(0, 1000, 333):
+        spool.push(x[:, a : a + 333])
+    with pytest.raises(OSError, match="limit"):
+        spool.push(x[:, :1])
+    parts = [spool.pop(n) for n in (1, 500, 77, 5000)]
+    assert np.array_equal(np.concatenate(parts, axis=1), x) and spool.size == 0
+    spool.close()

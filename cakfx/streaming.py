@@ -7,7 +7,8 @@ blocks) and the nodes (which stream with ``reset=False``). Contract::
 
 * ``blocks()`` returns a fresh iterator of ``(channels, n)`` float32 blocks of the input
   (it may be called more than once: nodes whose level stage needs the whole signal get a
-  measuring pass first, so the file is read twice instead of held in memory);
+  measuring pass first, so the file is read twice instead of held in memory; a node may keep
+  what it computed in that pass in a ``Spool`` and read it back in the render pass);
 * ``sink(block)`` receives the output, ``(channels, n)``, in order; the blocks it receives
   add up to exactly the input length, aligned with the input (latency removed, tail flushed);
 * the concatenated output equals ``chain(whole_input, sample_rate)`` (``reset=True``) to

@@ -30,6 +30,9 @@ so any chunking gives the offline output delayed by ``latency_samples(sr)``: n_f
 = 2559 samples at 44.1 kHz (a hop's worth of frames, each needing the next frame as kernel
 context); at other rates add what the two streaming resamplers hold back. The offline path at
 other rates is the streaming path run on the whole signal, so the two agree by construction.
+A measuring pass (``begin_measure``) keeps the model path's output in a ``cakfx.streaming.Spool``;
+the render pass after it reads that back, then carries on with the pass's stream state, so a
+streamed file runs the model once (same samples: the blocks are computed the same way).
 """
 
 from __future__ import annotations

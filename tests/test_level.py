@@ -316,3 +316,17 @@ def test_every_bundled_neural_stage_keeps_a_96k_files_high_band(music):
         out = cakfx.create_effect(effect, device="cpu", **params)(x, 96000)
         kept = energy_above_db(out, 96000) - energy_above_db(x, 96000)
         assert abs(kept) < 1.0, (preset, effect, params, kept)  # was +1.6 (texture), -8.8 dB (grain +1.5)
+
+
+def test_stream_limiter_is_the_offline_limiter_delayed_bit_for_bit(music):
+    from cakfx.dsp.level import _limiter, _StreamLimiter
+
+    loud = 4.0 * music  # the limiter acts all along
+    offline = _limiter(-1.0).process(loud, SR, reset=True)
+    rng = np.random.default_rng(5)
+    for sizes in ([1] * 300 + [8192] * 100, rng.integers(1, 3000, 2000)):
+        limiter = _StreamLimiter(-1.0, SR, loud.shape[0])
+        padded = np.pad(loud, ((0, 0), (0, limiter.latency)))
+        bounds = np.minimum(np.cumsum(np.concatenate([[0], sizes])), padded.shape[1])
+        out = np.concatenate([limiter.process(padded[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])], 1)
+        assert np.array_equal(out[:, limiter.latency :], offline)

@@ -149,8 +149,10 @@ class _StreamLimiter:
         self._pending = np.concatenate([self._pending, block.astype(np.float32, copy=False)], axis=1)
         whole = self._pending.shape[1] // LIMITER_BLOCK * LIMITER_BLOCK
         pieces = [self._ready]
-        for a in range(0, whole, LIMITER_BLOCK):
-            y = self.limiter.process(self._pending[:, a : a + LIMITER_BLOCK], self.sample_rate,
+        if whole:  # one call: pedalboard splits it into LIMITER_BLOCK buffers itself, bit for bit
+            # what a call per block gives, without a Python call per 64 samples (2.4x the offline
+            # limiter's time on a 60 s file; now the same)
+            y = self.limiter.process(self._pending[:, :whole], self.sample_rate,
                                      buffer_size=LIMITER_BLOCK, reset=False)
             if y.ndim == 2 and y.shape[-1]:
                 pieces.append(y.reshape(self.channels, -1))

@@ -63,18 +63,21 @@ def mel_error(audio: np.ndarray, target_db: torch.Tensor, keep: torch.Tensor | N
     return float((diff - diff.mean()).abs().mean())
 
 
-def timed(nodes: dict, audio: np.ndarray, repeats: int) -> dict:
-    """Wall-clock seconds of every round of each node, rounds interleaved (a busy machine slows
-    them alike); one warm-up call each first."""
+def timed(nodes: dict, audio: np.ndarray, repeats: int) -> tuple[dict, dict]:
+    """Wall-clock and CPU seconds (this process, all threads) of every round of each node, rounds
+    interleaved (a busy machine slows them alike); one warm-up call each first. The CPU figure
+    hardly moves with other jobs' load, the wall-clock one does."""
     times = {name: [] for name in nodes}
+    cpu = {name: [] for name in nodes}
     for node in nodes.values():
         node(audio[..., :SR], SR)
     for _ in range(repeats):
         for name, node in nodes.items():
-            start = time.perf_counter()
+            start, used = time.perf_counter(), time.process_time()
             node(audio, SR)
             times[name].append(time.perf_counter() - start)
-    return times
+            cpu[name].append(time.process_time() - used)
+    return times, cpu
 
 
 class Identity(torch.nn.Module):
@@ -143,13 +146,15 @@ def main() -> None:
                                                       weights=weights),
             "reconstruction alone (identity model)": GrainNode(Identity(), grain=GRAIN, level="off",
                                                                device=args.device)}
-    times = timed(runs, long, args.repeats)
+    load = os.getloadavg()[0]
+    times, cpu = timed(runs, long, args.repeats)
     print(f"(b) seconds per audio-second on {args.seconds:g} s (the excerpt tiled), {args.repeats} "
-          "interleaved rounds: min / median / max, spread = max/min")
+          "interleaved rounds: min / median / max, spread = max/min; CPU seconds per audio-second "
+          f"(min); load average {load:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} cores")
     for name, t in times.items():
         t = np.asarray(t) / args.seconds
         print(f"    {name:<40} {t.min():.4f} / {np.median(t):.4f} / {t.max():.4f}   "
-              f"spread {t.max() / t.min():.2f}x")
+              f"spread {t.max() / t.min():.2f}x   CPU {min(cpu[name]) / args.seconds:.4f}")
     phase = np.asarray(times["phase"]) / args.seconds
     print(f"    griffinlim (one run on the {seconds:.0f} s excerpt): {griffinlim_speed:.4f} s/s")
     print(f"    the original pipeline (documented in issue 16, not measured here): {ORIGINAL_SPEED:.3f} s/s;"

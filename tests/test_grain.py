@@ -237,6 +237,27 @@ def test_phase_keeps_the_input_when_the_model_asks_for_no_change():
     assert error_db < -50
 
 
+
+class Flatten(torch.nn.Module):
+    """Asks for every band halfway to the middle of the window's dB range (up to +-40 dB changes)."""
+
+    def forward(self, x, grain):
+        return 0.5 * x
+
+
+def test_the_first_frames_get_the_whole_ask():
+    x = tone(1.0, SR, channels=1)  # steady from its first sample: the ask is the same throughout
+    out = GrainNode(Flatten(), grain=1.0, level="off", device="cpu")(x, SR)
+
+    def db(a):
+        return 10 * np.log10(mel.mel_power(np.asarray(a, np.float32), SR).numpy() + 1e-12)
+
+    change = db(out) - db(x)  # (1, bands, frames)
+    heard = db(x)[..., 40:60].mean(-1) > db(x).max() - 50  # bands with content
+    steady = change[..., 40:60].mean(-1)[heard]
+    for frame in (1, 2):  # ramped from no change (6 dB a frame up, 12 down): 4.3 dB off on average
+        assert np.abs(change[..., frame][heard] - steady).mean() < 2.0
+
 # ---- behaviour with the published model ------------------------------------------------------
 
 

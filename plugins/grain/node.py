@@ -290,6 +290,10 @@ class GrainEngine:
         # a frame whose window runs into digital silence (a file's end, a sound's cut) asks for no
         # change: the model fills the drop there (+20 dB at a file's last frames) and the cut clicked
         asked.masked_fill_(self.ending[:, None, self.slewed - self.f0 : stop - self.f0].to(asked.device), 0.0)
+        if self.slewed == 0 and asked.shape[-1]:
+            # the signal's first frame takes its ask whole: nothing comes before it to step from (a ramp
+            # from no change missed the ask by up to 30 dB over the first frames: mel error 1.055 -> 1.007)
+            self.boost = asked[..., 0].cpu().numpy().astype(self.boost.dtype)
         boost, self.boost = slew_limit(asked, self.boost)
         self.target[..., a:b] = given + boost
         self.slewed = stop

@@ -316,3 +316,14 @@ def test_every_bundled_neural_stage_keeps_a_96k_files_high_band(music):
         out = cakfx.create_effect(effect, device="cpu", **params)(x, 96000)
         kept = energy_above_db(out, 96000) - energy_above_db(x, 96000)
         assert abs(kept) < 1.0, (preset, effect, params, kept)  # was +1.6 (texture), -8.8 dB (grain +1.5)
+
+
+def test_the_ceiling_holds_in_true_peak(music):
+    # a brightening effect on a hot mix: hat transients 20 dB up, far over the ceiling
+    hot = (music / np.abs(music).max() * 10 ** (-0.1 / 20)).astype(np.float32)
+    sos = signal.butter(2, 3000, btype="highpass", fs=SR, output="sos")
+    raw = (hot + 10.0 * signal.sosfilt(sos, hot)).astype(np.float32)
+    for ceiling in (-1.0, -3.0):
+        out = LevelStage("match", ceiling_db=ceiling).apply(hot, raw, SR)
+        # pedalboard's true-peak sidechain read up to 0.26 dB under BS.1770's meter: -0.74 dBTP at -1
+        assert true_peak_db(out) <= ceiling + 0.01, (ceiling, true_peak_db(out))

@@ -25,7 +25,8 @@ unchanged, ``cakfx.dsp.resample.band_split``):
    (target over input, dB) moves towards the ask by at most ``SLEW_UP_DB`` up
    and ``SLEW_DOWN_DB`` down per frame (``slew_limit``): a hit whose highs rise
    out of the floor got its whole ask (+20-30 dB) in one frame, a click and a
-   peak that made the limiter pull a hot mix down 7.5 LU. A frame whose window
+   peak that made the limiter pull a hot mix down 7.5 LU. The signal's first
+   frame takes its ask whole (nothing precedes it to step from). A frame whose window
    runs into digital silence (a file's end, a cut: ``runs_into_silence``) asks
    for no change: the model fills that drop (+20 dB in a file's last frames),
    and the cut clicked.

@@ -85,7 +85,9 @@ WINDOW_BATCH = 16  # windows per model call, at most
 SEGMENT = 72  # frames per reconstruction segment (0.84 s): the unit of parallel work and of streaming
 SEGMENTS_PER_ROUND = 32  # segments worked on at once offline (bounds memory on long files)
 MARGIN = N_FFT // HOP - 1  # frames overlapping a frame on each side
-CORRECT = True  # one pass against the real output's mel power (one more inverse + forward STFT)
+# passes against the real output's mel power (each one more inverse + forward STFT per segment):
+# mel error 1.007 dB after one, 0.963 after two (+6 % time), 0.944 after three (+25 %)
+CORRECTIONS = 2
 SILENT_TAIL = 64  # a frame whose window ends in this many exact zeros runs into digital silence
 
 
@@ -318,12 +320,10 @@ class GrainEngine:
             gain = refine_mask(power, target, self.fb, produced=self.power[..., e0 - self.f0 : e1 - self.f0],
                                cap_db=cap)
             inner = slice(f0 - e0, f1 - e0)
-            if CORRECT:
-                gain = correct_mask(spec, gain, target[..., inner], self.fb, e0, slice(f0, f1),
-                                    cap[..., inner])
-            else:
-                gain = gain[..., inner]
-            results[j] = mel.overlap_add(spec[..., inner] * gain)[0]
+            for _ in range(CORRECTIONS):
+                gain[..., inner] = correct_mask(spec, gain, target[..., inner], self.fb, e0, slice(f0, f1),
+                                                cap[..., inner])
+            results[j] = mel.overlap_add(spec[..., inner] * gain[..., inner])[0]
 
         parallel_map(work, range(first, stop), self.device)
         # overlap-add in padded samples (signal sample n is padded n + n_fft/2)

@@ -34,7 +34,7 @@ unchanged, ``cakfx.dsp.resample.band_split``):
    the linear STFT bins (each bin takes its filters' log ratios, weighted by
    the normalised filterbank), refined ``REFINE_STEPS`` times against the mel
    power the masked spectrum really has (multiplicative update, no inverse
-   STFT in the loop); then, once, the masked STFT is inverted, analysed again,
+   STFT in the loop); then, ``CORRECTIONS`` times, the masked STFT is inverted, analysed again,
    and the gain moved by the remaining log ratio (a masked STFT is not the
    STFT of any signal, so its inverse comes out smoother than the mask). The
    gain is applied to the complex STFT with the original phase, inverse STFT.

@@ -237,6 +237,27 @@ def test_phase_keeps_the_input_when_the_model_asks_for_no_change():
     assert error_db < -50
 
 
+
+class Flatten(torch.nn.Module):
+    """Asks for every band halfway to the middle of the window's dB range (up to +-40 dB changes)."""
+
+    def forward(self, x, grain):
+        return 0.5 * x
+
+
+def test_the_first_frames_get_the_whole_ask():
+    x = tone(1.0, SR, channels=1)  # steady from its first sample: the ask is the same throughout
+    out = GrainNode(Flatten(), grain=1.0, level="off", device="cpu")(x, SR)
+
+    def db(a):
+        return 10 * np.log10(mel.mel_power(np.asarray(a, np.float32), SR).numpy() + 1e-12)
+
+    change = db(out) - db(x)  # (1, bands, frames)
+    heard = db(x)[..., 40:60].mean(-1) > db(x).max() - 50  # bands with content
+    steady = change[..., 40:60].mean(-1)[heard]
+    for frame in (1, 2):  # ramped from no change (6 dB a frame up, 12 down): 4.3 dB off on average
+        assert np.abs(change[..., frame][heard] - steady).mean() < 2.0
+
 # ---- behaviour with the published model ------------------------------------------------------
 
 
@@ -277,8 +298,11 @@ def test_phase_output_follows_the_models_ask(ref_weights, reference, monkeypatch
     original, _ = sf.read(reference / "grain" / "original_output_grain_+1.5_griffinlim_seed0.wav")
     assert error(io["input_chunk"]) > 8  # the model asks for a big change ...
     assert error(ours) < error(original) < 1.5  # ... which we follow at least as closely as the original
-    monkeypatch.setattr(grain_node, "CORRECT", False)
-    assert error(ours) + 0.1 < error(node(excerpt, SR))  # the correction pass earns its keep
+    monkeypatch.setattr(grain_node, "CORRECTIONS", 1)
+    once = error(node(excerpt, SR))
+    assert error(ours) + 0.03 < once  # the second correction pass earns its keep (0.04 dB)
+    monkeypatch.setattr(grain_node, "CORRECTIONS", 0)
+    assert once + 0.1 < error(node(excerpt, SR))  # ... and the first (0.3 dB)
 
 
 def test_positive_grain_raises_flatness(ref_weights, reference):
@@ -374,6 +398,39 @@ def test_a_sound_cut_mid_note_gets_no_burst_at_its_end():
     assert click_excess(x, out) < 8.0, click_excess(x, out)
 
 
+
+def test_highs_brightened_only_while_a_burst_plays_get_no_gain_step():
+    from scipy.signal import butter, sosfilt
+
+    # a tone with three hiss bursts: the band above 6 kHz has content only while a burst plays
+    rng = np.random.default_rng(7)
+    t = np.arange(3 * SR) / SR
+    x = 0.2 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 330 * t)
+    hiss = sosfilt(butter(4, 6000, btype="highpass", fs=SR, output="sos"), rng.standard_normal(t.size))
+    for start in (0.5, 1.3, 2.1):
+        a, n = int(start * SR), int(0.15 * SR)
+        x[a : a + n] += 0.05 * hiss[a : a + n] * np.exp(-np.arange(n) / (0.04 * SR))
+    x = x[None].astype(np.float32)
+    out = grain("cak-grain-default", grain=1.5)(x, SR)
+
+    def db(a):
+        power = mel.power_spectrogram(np.atleast_2d(a).astype(np.float64), 1024, 256)[0].numpy()
+        return 10 * np.log10(power + 1e-30)  # (bins, frames)
+
+    dx, dy = db(x), db(out)
+    floor = dx.max() - 100.0
+    dx, dy = np.maximum(dx, floor), np.maximum(dy, floor)
+    # each bin's static gain where it has content: the bursts' highs come up ~14 dB, an EQ. bench/
+    # quality.py's excess_db takes the median over all frames (0 dB for bins empty most of the time)
+    # and reads that EQ as a 12 dB gain step at every burst
+    content = dx > floor + 40.0
+    static = np.array([np.median((dy - dx)[k, content[k]]) if content[k].any() else 0.0
+                       for k in range(dx.shape[0])])
+    dy = np.maximum(dy, floor + static[:, None])
+    rise_x, rise_y = np.diff(dx, axis=-1), np.diff(dy, axis=-1)
+    near = np.max([np.roll(rise_x, k, axis=-1) for k in range(-2, 3)], axis=0)  # onsets moved <= 2 frames
+    assert np.median(rise_y - near, axis=0).max() < 3.0  # 0.7 dB
+
 def test_a_hot_mix_keeps_its_loudness():
     from tools.demo import chord_pad, drum_loop
 
@@ -382,10 +439,11 @@ def test_a_hot_mix_keeps_its_loudness():
     mix = (mix / np.abs(mix).max() * 10 ** (-0.1 / 20)).astype(np.float32)  # peaks at -0.1 dBFS
     out = grain("cak-grain-default", grain=1.5)(mix, SR)
     # each hit's highs jumped from no gain to +20-30 dB in one frame: peaks 20 dB over the input's,
-    # and the limiter took the mix down 6.7 LU; ramped (slew_limit) about 2.2 LU
+    # and the limiter took the mix down 6.7 LU; ramped (slew_limit) 2.6 LU: the model still asks
+    # the hats' highs up 20-28 dB (peaks 8.6 dB over the ceiling once matched)
     d_lu = integrated_loudness(out, SR) - integrated_loudness(mix, SR)
     assert d_lu > -3.5, d_lu
-    assert true_peak_db(out) <= -1.0 + 0.3
+    assert true_peak_db(out) <= -1.0 + 0.01  # the ceiling holds in true peak (was -0.87 dBTP)
 
 
 def test_slew_limit_ramps_the_gain():

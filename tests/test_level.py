@@ -330,3 +330,14 @@ def test_stream_limiter_is_the_offline_limiter_delayed_bit_for_bit(music):
         bounds = np.minimum(np.cumsum(np.concatenate([[0], sizes])), padded.shape[1])
         out = np.concatenate([limiter.process(padded[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])], 1)
         assert np.array_equal(out[:, limiter.latency :], offline)
+
+
+def test_the_ceiling_holds_in_true_peak(music):
+    # a brightening effect on a hot mix: hat transients 20 dB up, far over the ceiling
+    hot = (music / np.abs(music).max() * 10 ** (-0.1 / 20)).astype(np.float32)
+    sos = signal.butter(2, 3000, btype="highpass", fs=SR, output="sos")
+    raw = (hot + 10.0 * signal.sosfilt(sos, hot)).astype(np.float32)
+    for ceiling in (-1.0, -3.0):
+        out = LevelStage("match", ceiling_db=ceiling).apply(hot, raw, SR)
+        # pedalboard's true-peak sidechain read up to 0.26 dB under BS.1770's meter: -0.74 dBTP at -1
+        assert true_peak_db(out) <= ceiling + 0.01, (ceiling, true_peak_db(out))

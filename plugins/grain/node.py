@@ -25,7 +25,8 @@ unchanged, ``cakfx.dsp.resample.band_split``):
    (target over input, dB) moves towards the ask by at most ``SLEW_UP_DB`` up
    and ``SLEW_DOWN_DB`` down per frame (``slew_limit``): a hit whose highs rise
    out of the floor got its whole ask (+20-30 dB) in one frame, a click and a
-   peak that made the limiter pull a hot mix down 7.5 LU. A frame whose window
+   peak that made the limiter pull a hot mix down 7.5 LU. The signal's first
+   frame takes its ask whole (nothing precedes it to step from). A frame whose window
    runs into digital silence (a file's end, a cut: ``runs_into_silence``) asks
    for no change: the model fills that drop (+20 dB in a file's last frames),
    and the cut clicked.
@@ -33,7 +34,7 @@ unchanged, ``cakfx.dsp.resample.band_split``):
    the linear STFT bins (each bin takes its filters' log ratios, weighted by
    the normalised filterbank), refined ``REFINE_STEPS`` times against the mel
    power the masked spectrum really has (multiplicative update, no inverse
-   STFT in the loop); then, once, the masked STFT is inverted, analysed again,
+   STFT in the loop); then, ``CORRECTIONS`` times, the masked STFT is inverted, analysed again,
    and the gain moved by the remaining log ratio (a masked STFT is not the
    STFT of any signal, so its inverse comes out smoother than the mask). The
    gain is applied to the complex STFT with the original phase, inverse STFT.
@@ -84,7 +85,9 @@ WINDOW_BATCH = 16  # windows per model call, at most
 SEGMENT = 72  # frames per reconstruction segment (0.84 s): the unit of parallel work and of streaming
 SEGMENTS_PER_ROUND = 32  # segments worked on at once offline (bounds memory on long files)
 MARGIN = N_FFT // HOP - 1  # frames overlapping a frame on each side
-CORRECT = True  # one pass against the real output's mel power (one more inverse + forward STFT)
+# passes against the real output's mel power (each one more inverse + forward STFT per segment):
+# mel error 1.007 dB after one, 0.963 after two (+6 % time), 0.944 after three (+25 %)
+CORRECTIONS = 2
 SILENT_TAIL = 64  # a frame whose window ends in this many exact zeros runs into digital silence
 
 
@@ -290,6 +293,10 @@ class GrainEngine:
         # a frame whose window runs into digital silence (a file's end, a sound's cut) asks for no
         # change: the model fills the drop there (+20 dB at a file's last frames) and the cut clicked
         asked.masked_fill_(self.ending[:, None, self.slewed - self.f0 : stop - self.f0].to(asked.device), 0.0)
+        if self.slewed == 0 and asked.shape[-1]:
+            # the signal's first frame takes its ask whole: nothing comes before it to step from (a ramp
+            # from no change missed the ask by up to 30 dB over the first frames: mel error 1.055 -> 1.007)
+            self.boost = asked[..., 0].cpu().numpy().astype(self.boost.dtype)
         boost, self.boost = slew_limit(asked, self.boost)
         self.target[..., a:b] = given + boost
         self.slewed = stop
@@ -313,12 +320,10 @@ class GrainEngine:
             gain = refine_mask(power, target, self.fb, produced=self.power[..., e0 - self.f0 : e1 - self.f0],
                                cap_db=cap)
             inner = slice(f0 - e0, f1 - e0)
-            if CORRECT:
-                gain = correct_mask(spec, gain, target[..., inner], self.fb, e0, slice(f0, f1),
-                                    cap[..., inner])
-            else:
-                gain = gain[..., inner]
-            results[j] = mel.overlap_add(spec[..., inner] * gain)[0]
+            for _ in range(CORRECTIONS):
+                gain[..., inner] = correct_mask(spec, gain, target[..., inner], self.fb, e0, slice(f0, f1),
+                                                cap[..., inner])
+            results[j] = mel.overlap_add(spec[..., inner] * gain[..., inner])[0]
 
         parallel_map(work, range(first, stop), self.device)
         # overlap-add in padded samples (signal sample n is padded n + n_fft/2)

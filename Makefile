@@ -73,4 +73,4 @@ weights-texture: weights-corpus
 
 weights-grain: weights-corpus
 	CAKFX_HOME=$(WEIGHTS_HOME) $(VENV)/bin/cakfx train grain "$(WEIGHTS_CORPUS)" -n cak-grain-default \
-		--epochs 30 $(WEIGHTS_ARGS)
+		--epochs 20 $(WEIGHTS_ARGS)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from cakfx.audio import is_audio_path, read_audio
+from cakfx.audio import is_audio_path, read_audio, read_info
 
 SOURCES = {
     "sonic-pi": Path("/usr/share/sonic-pi/samples"),
@@ -55,14 +55,16 @@ def build(out: Path, clips: int = 4, clip_s: float = 15.0) -> dict[str, int]:
                     link.symlink_to(path)
                 made += 1
                 continue
-            audio, info = read_audio(path)
+            info = read_info(path)
             clip = int(clip_s * info.sample_rate)
-            for k, start in enumerate(clip_starts(audio.shape[-1], clip, clips)):
-                target = dest / f"{path.stem}-{k}.flac"
-                if not target.exists():
+            starts = clip_starts(info.frames, clip, clips)
+            targets = [dest / f"{path.stem}-{k}.flac" for k in range(len(starts))]
+            if not all(t.exists() for t in targets):  # a rerun decodes nothing
+                audio, _ = read_audio(path)
+                for target, start in zip(targets, starts):
                     part = np.ascontiguousarray(audio[:, start : start + clip].T)
                     sf.write(target, part, info.sample_rate, subtype="PCM_16")
-                made += 1
+            made += len(targets)
         counts[name] = made
     return counts
 

@@ -61,7 +61,7 @@ PROFILES = {
         "betas": (0.5, 0.999),
         "grain_clip": 3.0,
         "both_directions": True,
-        "keep_weights": (5.0, 5.0, 10.0),
+        "keep_weights": (50.0, 50.0, 30.0),
         "note": (
             "fast CPU profile, NOT the published recipe: 128-frame (1.5 s) windows (paper 256 / 3 s), "
             "discriminator channels 16/32/64 and auditor 4/8/16 (paper 32/64/128 and 8/16/32), "
@@ -119,18 +119,24 @@ def _content_spread(z: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     return (var + 1e-6).sqrt().mean(dim=(1, 2))  # eps: sqrt has no gradient at 0
 
 
+def frame_level(z: torch.Tensor) -> torch.Tensor:
+    """Log power per frame of a normalised mel window, in normalised units (1 = 40 dB)."""
+    k = 40.0 * np.log(10.0) / 10.0  # normalised unit -> natural log of power
+    return torch.logsumexp(z * k, dim=2) / k
+
+
 def keep_terms(x: torch.Tensor, fake: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
     """What the pairs alone do not teach (the fast profile weights them; the paper does not):
 
-    * ``envelope_loss``: the output's level over time (mean over bands, less its mean) follows
-      the input's, so a decay is not gated nor a gap filled;
+    * ``envelope_loss``: the output's power per frame over time (``frame_level``, less its mean)
+      follows the input's. The node sets each window's level from the input's total power, so
+      an ask that raises the attack's peaks pulls the decay down by as much: it gated decays;
     * ``floor_loss``: bins 60 dB or more under the window's peak are not raised (empty regions
       stay empty: the node would keep the input there anyway);
     * ``direction_loss``: the spread of the content across bands shrinks with +g (flatter) and
       grows with -g by at least ``SPREAD_MARGIN * |g|`` (hinge: no push beyond that).
     """
-    env_x = x.mean(dim=2)
-    env_f = fake.mean(dim=2)
+    env_x, env_f = frame_level(x), frame_level(fake)
     envelope = ((env_f - env_f.mean(dim=-1, keepdim=True)) - (env_x - env_x.mean(dim=-1, keepdim=True))).abs()
     empty = (x < CONTENT).float()
     floor = (F.relu(fake - x) * empty).sum() / empty.sum().clamp_min(1.0)

@@ -1,6 +1,7 @@
 """Sound-quality bench: every bundled preset over a real, freely licensed corpus (issue 9's proof).
 
     python bench/quality.py [--presets NAME ...] [--json OUT.json] [--directions] [--no-install]
+    python bench/quality.py --models [LABEL=TEXTURE,GRAIN ...]   # issue 15's table
 
 The corpus (``CORPUS`` below, with each file's package and licence) is real
 material nobody trained on: speech, music, drum loops and one-shots, a crash,
@@ -55,6 +56,14 @@ Per preset and file (``FIELDS``):
   bin). A static EQ reads 0, and so does an onset moved by a few ms (a smear,
   an STFT mask's pre-echo); a gain step in time (a click, a burst at a cut)
   reads its size.
+
+``--models``: the issue-15 targets for the bundled weights, the published research
+checkpoints (converted from ``$CAKFX_REFERENCE`` into a temporary folder, as ``cakfx
+weights import`` does; never copied into the repo) and any candidates, on the 14 real
+recordings with the default level handling: texture's mean spectral change at amounts
+0.25 / 0.5 / 1 / 2 and the share of files where it grows strictly over them; grain's mean
+change, the share of files whose flatness moves up (+g) / down (-g), the centroid, and the
+largest click excess, at -1.5 ... +1.5; ratios against the published checkpoints.
 
 Summaries per preset: median and max over the corpus. ``--directions`` adds
 the measured direction of each neural control (texture amount, grain sign)
@@ -373,9 +382,14 @@ DIRECTION_SETTINGS = (
 )
 
 
+def real_recordings(items: list[dict]) -> list[dict]:
+    """The corpus' real recordings: no silence, nothing synthetic."""
+    return [i for i in items if i["kind"] != "silence" and not i["label"].startswith(("synthetic", "96 kHz"))]
+
+
 def directions(items: list[dict], weights: dict[str, str] | None = None) -> list[dict]:
     """Median change of flatness, centroid, loudness and spectrum per control value, level stage on/off."""
-    real = [i for i in items if i["kind"] != "silence" and not i["label"].startswith(("synthetic", "96 kHz"))]
+    real = real_recordings(items)
     out = []
     for effect, param, values in DIRECTION_SETTINGS:
         for level_name, extra in (("default", {}), ("off", _node_level_off(effect))):
@@ -397,6 +411,99 @@ def directions(items: list[dict], weights: dict[str, str] | None = None) -> list
                     "change_db_median": _stats(r["change_db"] for r in rows)[0],
                 })
     return out
+
+
+# ---------------------------------------------------------------- models (issue 15)
+
+REFERENCE = Path(os.environ.get("CAKFX_REFERENCE", "/work/shared/reference"))
+TEXTURE_AMOUNTS = (0.25, 0.5, 1.0, 2.0)
+GRAIN_VALUES = (-1.5, -1.0, -0.5, 0.5, 1.5)
+
+
+def import_published(folder: Path) -> dict[str, str]:
+    """The published research checkpoints from ``$CAKFX_REFERENCE`` as safetensors in ``folder``
+    (as ``cakfx weights import`` converts them); empty when the reference is absent."""
+    from cakfx.registry import get_effect
+    from cakfx.weights import save_weights
+
+    sources = {"cak.texture": (REFERENCE / "texture/final_wgan_grain.pt",
+                               REFERENCE / "texture/global_normalization_stats.json"),
+               "cak.grain": (REFERENCE / "grain/final_true_cak.pt", None)}
+    out = {}
+    for effect, (checkpoint, stats) in sources.items():
+        if not checkpoint.is_file():
+            return {}
+        target = folder / f"research-{effect[4:]}.safetensors"
+        tensors, stats_data, training = get_effect(effect).import_checkpoint(checkpoint, stats)
+        save_weights(target, tensors, kind=effect, stats=stats_data, training=training, name=target.stem)
+        out[effect] = str(target)
+    return out
+
+
+def model_rows(items: list[dict], effect: str, param: str, values, weights: str) -> dict[float, list[dict]]:
+    """``measure_pair`` rows per control value (default level handling) on the real recordings."""
+    real = real_recordings(items)
+    out = {}
+    for value in values:
+        node = cakfx.create_effect(effect, device="cpu", weights=weights, **{param: value})
+        out[value] = [measure_pair(i["audio"], np.nan_to_num(node(i["audio"], i["sr"])), i["sr"])
+                      for i in real]
+    return out
+
+
+def model_figures(items: list[dict], texture: str, grain: str) -> dict:
+    """The issue-15 figures for one pair of weights: texture change per amount and its monotonic
+    share; grain change, flatness direction share (+ up, - down) and centroid per value."""
+    tex = model_rows(items, "cak.texture", "amount", TEXTURE_AMOUNTS, texture)
+    changes = np.array([[r["change_db"] for r in tex[a]] for a in TEXTURE_AMOUNTS])  # (amounts, files)
+    monotonic = np.all(np.diff(changes, axis=0) > 0, axis=0)
+    gra = model_rows(items, "cak.grain", "grain", GRAIN_VALUES, grain)
+    grain_figs = {}
+    for value, rows in gra.items():
+        flat = np.array([r["d_flatness"] for r in rows])
+        grain_figs[value] = {
+            "change_db": float(np.mean([r["change_db"] for r in rows])),
+            "flatness_direction": float(np.mean(np.sign(flat) == np.sign(value))),
+            "d_centroid_median_hz": float(np.median([r["d_centroid_hz"] for r in rows])),
+            "excess_max_db": float(max(r["excess_db"] for r in rows)),
+            "noise_lift_max_db": _stats(r["noise_lift_db"] for r in rows)[1],
+        }
+    return {"texture": texture, "grain": grain, "files": int(changes.shape[1]),
+            "texture_change_db": {a: float(c) for a, c in zip(TEXTURE_AMOUNTS, changes.mean(axis=1))},
+            "texture_monotonic": float(monotonic.mean()), "grain_values": grain_figs}
+
+
+def models_table(figs: dict[str, dict], published: str = "published") -> str:
+    """Markdown: each candidate's figures, ratios against ``published``, issue-15 targets."""
+    ref = figs.get(published)
+    lines = ["| figure | target | " + " | ".join(figs) + " |", "|---|---|" + "---|" * len(figs)]
+
+    def row(label, target, get, fmt):
+        cells = []
+        for f in figs.values():
+            value = get(f)
+            cells.append(_md(value, fmt) if value is not None else "-")
+        lines.append(f"| {label} | {target} | " + " | ".join(cells) + " |")
+
+    for a in TEXTURE_AMOUNTS:
+        row(f"texture {a:g}: mean change dB", "", lambda f, a=a: f["texture_change_db"][a], ".2f")
+    if ref:
+        row("texture 1 vs published", "≥ 1.0×",
+            lambda f: f["texture_change_db"][1.0] / ref["texture_change_db"][1.0], ".2f")
+    row("texture monotonic 0.25<0.5<1<2", "≥ 90 %", lambda f: 100 * f["texture_monotonic"], ".0f")
+    for v in GRAIN_VALUES:
+        row(f"grain {v:+g}: mean change dB", "", lambda f, v=v: f["grain_values"][v]["change_db"], ".2f")
+        row(f"grain {v:+g}: flatness {'up' if v > 0 else 'down'} %", "≥ 80 % at ±1.5",
+            lambda f, v=v: 100 * f["grain_values"][v]["flatness_direction"], ".0f")
+        row(f"grain {v:+g}: centroid median Hz", "",
+            lambda f, v=v: f["grain_values"][v]["d_centroid_median_hz"], "+.0f")
+    if ref:
+        for v in (-1.5, 1.5):
+            row(f"grain {v:+g} vs published", "0.5–1.5×",
+                lambda f, v=v: f["grain_values"][v]["change_db"] / ref["grain_values"][v]["change_db"], ".2f")
+    row("grain max excess (click) dB", "",
+        lambda f: max(g["excess_max_db"] for g in f["grain_values"].values()), "+.1f")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- output
@@ -504,6 +611,32 @@ def _json_safe(value):
     return value
 
 
+def run_models(items: list[dict], specs: list[str], json_out: Path | None) -> int:
+    import tempfile
+
+    candidates = {"bundled": ("cak-texture-default", "cak-grain-default")}
+    for spec in specs:
+        label, _, pair = spec.partition("=")
+        texture, _, grain = pair.partition(",")
+        candidates[label] = (texture or "cak-texture-default", grain or "cak-grain-default")
+    figs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        published = import_published(Path(tmp))
+        if published:
+            candidates = {"published": (published["cak.texture"], published["cak.grain"]), **candidates}
+        else:
+            print(f"note: no reference checkpoints under {REFERENCE}; no published column", file=sys.stderr)
+        for label, (texture, grain) in candidates.items():
+            t0 = time.perf_counter()
+            figs[label] = model_figures(items, texture, grain)
+            print(f"  {label}: measured in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    print("\n" + models_table(figs))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(_json_safe(figs), indent=1, default=str))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=None, help="default: every bundled preset")
@@ -513,6 +646,9 @@ def main(argv=None) -> int:
     parser.add_argument("--texture-weights", default=None, help="weights for --directions (default: bundled)")
     parser.add_argument("--grain-weights", default=None, help="weights for --directions (default: bundled)")
     parser.add_argument("--directions-only", action="store_true", help="skip the presets")
+    parser.add_argument("--models", nargs="*", metavar="LABEL=TEXTURE,GRAIN", default=None,
+                        help="issue-15 table: the bundled weights, the published checkpoints (imported "
+                             "from $CAKFX_REFERENCE) and any LABEL=TEXTURE,GRAIN candidates (paths/names)")
     parser.add_argument("--no-install", action="store_true", help="never run apt-get; leave missing out")
     parser.add_argument("--quiet", action="store_true", help="print the summaries only")
     parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
@@ -528,6 +664,8 @@ def main(argv=None) -> int:
     for note in notes:
         print(f"  note: {note}")
 
+    if args.models is not None:
+        return run_models(items, args.models, args.json)
     presets = args.presets or sorted(p.stem for p in bundled_dir().glob("*.toml"))
     report = {"corpus": [{k: v for k, v in i.items() if k != "audio"} for i in items], "notes": notes,
               "presets": {}, "summary": {}}

@@ -18,6 +18,7 @@ import pytest
 
 import cakfx
 from cakfx.dsp.loudness import integrated_loudness, sample_peak_db
+from cakfx.weights import load_weights, resolve_weights
 from tools.demo import SR, chord_pad, drum_loop
 
 if sys.version_info >= (3, 11):
@@ -60,6 +61,14 @@ def test_preset_keeps_loudness_and_stays_under_the_ceiling(preset):
         assert peak <= MAX_PEAK_DB, f"{preset} on {label}: sample peak {peak:+.2f} dBFS"
 
 
+def _trained_grain_range(weights: str) -> tuple[float, float]:
+    """The grain controls the weights' recipe trained (its record): ``-clip ... +clip`` when the
+    pairs ran both ways, ``0 ... +clip`` when only low -> high (the published recipe)."""
+    settings = load_weights(resolve_weights(weights)).training["settings"]
+    top = settings.get("grain_clip") or 3.0
+    return (-top if settings.get("both_directions") else 0.0), top
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_stays_in_the_trained_range_unless_named_extreme(preset):
     path = Path(__file__).resolve().parents[1] / "presets" / f"{preset}.toml"
@@ -69,7 +78,9 @@ def test_preset_stays_in_the_trained_range_unless_named_extreme(preset):
         if entry["effect"] == "cak.texture":
             assert extreme or entry.get("amount", 0.5) <= 1.0, f"{preset}: texture amount beyond 1"
         if entry["effect"] == "cak.grain":
-            assert extreme or entry.get("grain", 1.0) >= 0.0, f"{preset}: negative grain (not trained)"
+            low, high = _trained_grain_range(entry["weights"])
+            grain = entry.get("grain", 1.0)
+            assert extreme or low <= grain <= high, f"{preset}: grain {grain} outside {low}..{high}"
 
 
 def test_silence_stays_silent_through_every_preset():

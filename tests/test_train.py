@@ -320,3 +320,38 @@ def test_paper_profile_runs_one_epoch(trainer, tmp_path, cakfx_home):
     rec = load_weights(cakfx_home / "weights" / "paper.safetensors").training
     assert rec["profile"] == "paper" and rec["profile_note"].startswith("published")
     assert rec["epochs"] == 1 and all(np.isfinite(v) for v in rec["final_losses"].values())
+
+
+def test_corpus_cuts_tracks_into_even_clips_and_links_samples(tmp_path, monkeypatch):
+    from cakfx.trainers import corpus
+
+    assert corpus.clip_starts(100, 10, 4) == [7, 32, 57, 82]  # centres at 1/8, 3/8, 5/8, 7/8
+    assert corpus.clip_starts(8, 10, 4) == [0]  # a track shorter than a clip is one clip
+    loops, music = tmp_path / "loops", tmp_path / "music"
+    loops.mkdir()
+    music.mkdir()
+    for i in range(2):
+        sf.write(loops / f"loop{i}.wav", drums(0.5, channels=1, seed=i).T, 44100)
+    sf.write(music / "track.wav", tone(4.0, channels=2).T, 44100)
+    monkeypatch.setattr(corpus, "SOURCES", {"sonic-pi": loops, "wesnoth": music})
+    out = tmp_path / "corpus"
+    assert corpus.build(out, clips=3, clip_s=1.0) == {"sonic-pi": 2, "wesnoth": 3}
+    clips = sorted((out / "wesnoth").iterdir())
+    assert [sf.info(c).frames for c in clips] == [44100] * 3
+    assert all(p.is_symlink() for p in (out / "sonic-pi").iterdir())
+    monkeypatch.setattr(corpus, "read_audio", None)  # a rerun finds every clip and decodes nothing
+    assert corpus.build(out, clips=3, clip_s=1.0) == {"sonic-pi": 2, "wesnoth": 3}
+
+
+def test_grain_fast_profile_pairs_both_ways_and_keep_terms_hold_direction():
+    from cakfx.trainers.grain import PROFILES, keep_terms
+
+    assert PROFILES["fast"]["both_directions"] and not PROFILES["paper"]["both_directions"]
+    assert PROFILES["paper"]["keep_weights"] == (0.0, 0.0, 0.0)  # the published loss, untouched
+    x = torch.linspace(-1, 1, 16).reshape(1, 1, 16, 1).repeat(2, 1, 1, 8)
+    flatter = x * 0.5  # less spread across bands
+    g = torch.tensor([1.0, -1.0])
+    terms = keep_terms(x, flatter, g)
+    assert terms["direction_loss"] > 0  # the -g sample asked for more spread and got less
+    assert keep_terms(x, flatter, torch.tensor([1.0, 1.0]))["direction_loss"] == 0
+    assert keep_terms(x, x, g)["envelope_loss"] == 0 and keep_terms(x, x + 0.3, g)["floor_loss"] > 0

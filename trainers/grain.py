@@ -46,6 +46,8 @@ PROFILES = {
         "lr_d": 2e-4,
         "betas": (0.5, 0.999),
         "grain_clip": None,
+        "both_directions": False,
+        "keep_weights": (0.0, 0.0, 0.0),
         "note": "published recipe (DESIGN §8)",
     },
     "fast": {
@@ -58,15 +60,21 @@ PROFILES = {
         "lr_d": 2e-4,
         "betas": (0.5, 0.999),
         "grain_clip": 3.0,
+        "both_directions": True,
+        "keep_weights": (50.0, 50.0, 30.0),
         "note": (
             "fast CPU profile, NOT the published recipe: 128-frame (1.5 s) windows (paper 256 / 3 s), "
             "discriminator channels 16/32/64 and auditor 4/8/16 (paper 32/64/128 and 8/16/32), "
-            "15 epochs (paper 100), pair controls clipped to the control range |g| <= 3"
+            "15 epochs (paper 100), pair controls clipped to the control range |g| <= 3, "
+            "pairs in both directions (high -> low with -g), envelope / floor / direction terms "
+            "(keep_weights) in the generator loss"
         ),
     },
 }
 GRAIN_SCALE = 100.0
 AUDITOR_D_WEIGHT, L1_WEIGHT, IDENTITY_WEIGHT, AUDITOR_G_WEIGHT = 5.0, 10.0, 5.0, 20.0
+CONTENT = -0.5  # normalised mel dB: -1 is 80 dB under the window's peak, so -0.5 is 60 dB under it
+SPREAD_MARGIN = 0.02  # asked change of the content's spread across bands per unit of |g|
 
 
 class Discriminator(nn.Module):
@@ -103,6 +111,40 @@ class GrainAuditor(nn.Module):
         return self.grain_predictor(self.pattern_net(x)).squeeze(1)
 
 
+def _content_spread(z: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Per window: the std across bands of ``z`` over the input's content bins, mean over frames."""
+    n = content.sum(dim=2).clamp_min(1.0)
+    mean = (z * content).sum(dim=2, keepdim=True) / n.unsqueeze(2)
+    var = (((z - mean) * content) ** 2).sum(dim=2) / n
+    return (var + 1e-6).sqrt().mean(dim=(1, 2))  # eps: sqrt has no gradient at 0
+
+
+def frame_level(z: torch.Tensor) -> torch.Tensor:
+    """Log power per frame of a normalised mel window, in normalised units (1 = 40 dB)."""
+    k = 40.0 * np.log(10.0) / 10.0  # normalised unit -> natural log of power
+    return torch.logsumexp(z * k, dim=2) / k
+
+
+def keep_terms(x: torch.Tensor, fake: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the pairs alone do not teach (the fast profile weights them; the paper does not):
+
+    * ``envelope_loss``: the output's power per frame over time (``frame_level``, less its mean)
+      follows the input's. The node sets each window's level from the input's total power, so
+      an ask that raises the attack's peaks pulls the decay down by as much: it gated decays;
+    * ``floor_loss``: bins 60 dB or more under the window's peak are not raised (empty regions
+      stay empty: the node would keep the input there anyway);
+    * ``direction_loss``: the spread of the content across bands shrinks with +g (flatter) and
+      grows with -g by at least ``SPREAD_MARGIN * |g|`` (hinge: no push beyond that).
+    """
+    env_x, env_f = frame_level(x), frame_level(fake)
+    envelope = ((env_f - env_f.mean(dim=-1, keepdim=True)) - (env_x - env_x.mean(dim=-1, keepdim=True))).abs()
+    empty = (x < CONTENT).float()
+    floor = (F.relu(fake - x) * empty).sum() / empty.sum().clamp_min(1.0)
+    shrink = _content_spread(x, 1.0 - empty) - _content_spread(fake, 1.0 - empty)
+    direction = F.relu(SPREAD_MARGIN * g.abs() - torch.sign(g) * shrink) * (g != 0)
+    return {"envelope_loss": envelope.mean(), "floor_loss": floor, "direction_loss": direction.mean()}
+
+
 def file_flatness(audio: np.ndarray, sr: int) -> float:
     """Spectral flatness of a file at its own rate, exactly as ``cakfx measure`` reports it."""
     from cakfx.measure import spectral_flatness
@@ -134,7 +176,10 @@ class GrainTrainer(Trainer):
         self.samples = [(i, i, 0.0) for i in range(len(items))]
         for a, b in self.pairs:
             g = GRAIN_SCALE * (self.flatness[b] - self.flatness[a])
-            self.samples.append((a, b, min(g, clip) if clip is not None else g))
+            g = min(g, clip) if clip is not None else g
+            self.samples.append((a, b, g))
+            if s["both_directions"]:  # the same pair backwards teaches the negative half of the range
+                self.samples.append((b, a, -g))
         self.model = GrainProcessor().to(self.device)
         self.disc = Discriminator(tuple(s["disc_channels"]), tuple(s["auditor_channels"])).to(self.device)
         self.opt_g = Adam(self.model.parameters(), lr=s["lr_g"], betas=tuple(s["betas"]))
@@ -150,7 +195,7 @@ class GrainTrainer(Trainer):
         g = [c for _, _, c in self.samples[len(self.items) :]]
         return {
             "identity_samples": len(self.items),
-            "pair_samples": len(self.pairs),
+            "pair_samples": len(self.samples) - len(self.items),
             "flatness_range": [min(self.flatness), max(self.flatness)],
             "pair_grain_range": [min(g), max(g)] if g else [],
         }
@@ -195,8 +240,8 @@ class GrainTrainer(Trainer):
         self.opt_d.step()
         return {"d_loss": float(d_loss.detach())}
 
-    def generator_step(self, fake, y, g, weight) -> dict[str, float]:
-        """``BCE(fake, 1) + 10 L1 (identity x5) + 20 |g - auditor(fake)|``."""
+    def generator_step(self, fake, y, g, weight, x) -> dict[str, float]:
+        """``BCE(fake, 1) + 10 L1 (identity x5) + 20 |g - auditor(fake)|`` (+ ``keep_terms``)."""
         fake_p, fake_g = self.disc(fake)
         l1 = ((fake - y).abs().mean(dim=(1, 2, 3)) * weight).mean()
         grain_error = (g - fake_g).abs().mean()
@@ -205,16 +250,21 @@ class GrainTrainer(Trainer):
             + L1_WEIGHT * l1
             + AUDITOR_G_WEIGHT * grain_error
         )
+        terms = keep_terms(x, fake, g)
+        for w, term in zip(self.settings["keep_weights"], terms.values()):
+            if w:
+                g_loss = g_loss + w * term
         self.opt_g.zero_grad()
         g_loss.backward()
         self.opt_g.step()
-        return {"g_loss": float(g_loss.detach()), "grain_error": float(grain_error.detach())}
+        return {"g_loss": float(g_loss.detach()), "grain_error": float(grain_error.detach()),
+                **{k: float(v.detach()) for k, v in terms.items()}}
 
     def train_step(self, rows: list[tuple[int, int, float]]) -> dict[str, float]:
         x, y, g, weight = self.batch(rows)
         fake = self.model(x, g)
         d = self.discriminator_step(y, fake, g)
-        step = {**self.generator_step(fake, y, g, weight), **d}
+        step = {**self.generator_step(fake, y, g, weight, x), **d}
         identity = weight == IDENTITY_WEIGHT
         diff = (fake - y).detach().abs()[identity]
         step["identity_loss"] = float(diff.mean()) if diff.numel() else 0.0

@@ -17,8 +17,9 @@ SUMMARY = "Neural grain processor: brightens and flattens (grain > 0) or darkens
 DESCRIPTION = (
     "The CAK grain processor (three conditioning-aware kernel layers on a 128-band mel spectrogram). "
     "Measured on real material (bench/quality.py): positive grain makes the spectrum brighter and "
-    "flatter (centroid +0.6 / +1.2 kHz at +0.5 / +1.5), negative grain darker; negative values lie "
-    "outside what the recipe trains (g >= 0). 0 is a true bypass. The "
+    "flatter (centroid +0.6 / +1.2 kHz at +0.5 / +1.5), negative grain darker. The bundled weights "
+    "are trained on both signs (-3…+3); the published checkpoint and the paper recipe only on "
+    "g >= 0. 0 is a true bypass. The "
     "model's change to the mel spectrogram is applied as a refined per-band gain on the original STFT "
     "with its phase kept (reconstruction='phase'); 'griffinlim' rebuilds the audio as the original "
     "research code did. Every channel is processed; any sample rate (the model runs at 44.1 kHz; above "
@@ -90,8 +91,8 @@ EFFECT = NeuralEffect(
     "cak.grain",
     default_weights="cak-grain-default",
     params=[
-        Param("grain", "float", 1.0, "grain control: positive brightens and flattens the spectrum (trained "
-              "range 0…1.5), negative darkens it (extrapolation), 0 is bypass", min=-3.0, max=3.0),
+        Param("grain", "float", 1.0, "grain control: positive brightens the spectrum, negative darkens it "
+              "(the bundled weights are trained on -3…+3, both directions), 0 is bypass", min=-3.0, max=3.0),
         Param("reconstruction", "choice", "phase", "'phase': gain mask on the original STFT (fast, keeps "
               "the phase); 'griffinlim': the original's Griffin-Lim (slow)", choices=("phase", "griffinlim")),
         Param("level", "choice", "match", "output level: 'match' the input's integrated loudness (a limiter "

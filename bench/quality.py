@@ -53,8 +53,9 @@ Per preset and file (``FIELDS``):
   the input's largest rise within 2 frames (11.6 ms) of it, the median over
   bins, its largest value (``click_excess_db``; the input floored 100 dB under
   its peak, the output at that floor moved by the effect's static gain in the
-  bin). A static EQ reads 0, and so does an onset moved by a few ms (a smear,
-  an STFT mask's pre-echo); a gain step in time (a click, a burst at a cut)
+  bin, taken over the frames where the bin holds content). A static EQ reads
+  0, and so does an onset moved by a few ms (a smear, an STFT mask's
+  pre-echo); a gain step in time (a click, a burst at a cut)
   reads its size.
 
 ``--models``: the issue-15 targets for the bundled weights, the published research
@@ -81,6 +82,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +105,7 @@ AUDIBLE_HZ = 20000.0  # noise lift and clicks are judged in the audible band
 HF_MIN_SHARE_DB = 60.0  # HF kept is measured where the band above HF_EDGE holds more than -60 dB
 FLOOR_DB = 60.0  # bins within this of the (input) peak count as content
 CLICK_FLOOR_DB = 100.0  # spectrograms for the click figure: floored this far below the input's peak
+CONTENT_DB = 40.0  # a bin holds content in a frame this far over the click floor (its static gain)
 CLICK_NEAR = 2  # frames (2 x 5.8 ms at 44.1 kHz) an onset may move without counting as a click
 
 
@@ -273,15 +276,25 @@ def click_excess_db(x: np.ndarray, y: np.ndarray, sr: float) -> float:
     Per bin (1024-sample frames, hop 256, up to ``AUDIBLE_HZ``) the output's dB rise from one
     frame to the next minus the input's largest within ``CLICK_NEAR`` frames, the median over
     bins, its largest value. The input is floored ``CLICK_FLOOR_DB`` under its peak; the output
-    at that floor moved by the effect's static gain in that bin (the median over frames of
-    output over input), so an EQ (a brighter or darker spectrum) reads 0 even where it lifts a
+    at that floor moved by the effect's static gain in that bin (the median of output over input
+    over the frames where the bin holds content, ``CONTENT_DB`` over the floor; never under the
+    median over all frames), so an EQ (a brighter or darker spectrum) reads 0 even where it lifts a
     band across the floor, and an onset moved by a few ms (a smear, an STFT mask's pre-echo)
     reads 0; a gain step in time (a click, a burst at a cut) reads its size.
     """
     dx, dy = _mag_db(x, 1024, 256, sr), _mag_db(y, 1024, 256, sr)
     floor = dx.max() - CLICK_FLOOR_DB
     dx = np.maximum(dx, floor)
-    static = np.median(np.maximum(dy, floor) - dx, axis=-1, keepdims=True)  # per channel and bin
+    diff = np.maximum(dy, floor) - dx
+    overall = np.median(diff, axis=-1, keepdims=True)
+    # where the bin holds content: a band brightened only while a burst plays is an EQ too (the
+    # median over all frames, mostly the floor, read it as a gain step at every burst)
+    content = np.where(dx > floor + CONTENT_DB, diff, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # bins with no content: all-NaN slices
+        static = np.nanmedian(content, axis=-1, keepdims=True)
+    # a cut where the bin has content must not lower the output's floor below the overall gain
+    static = np.where(np.isnan(static), overall, np.maximum(static, overall))
     dy = np.maximum(dy, floor + static)
     rise_x, rise_y = np.diff(dx, axis=-1), np.diff(dy, axis=-1)
     # the input's largest rise within CLICK_NEAR frames: an onset moved that little is not a click

@@ -420,9 +420,9 @@ def test_highs_brightened_only_while_a_burst_plays_get_no_gain_step():
     dx, dy = db(x), db(out)
     floor = dx.max() - 100.0
     dx, dy = np.maximum(dx, floor), np.maximum(dy, floor)
-    # each bin's static gain where it has content: the bursts' highs come up ~14 dB, an EQ. bench/
-    # quality.py's excess_db takes the median over all frames (0 dB for bins empty most of the time)
-    # and reads that EQ as a 12 dB gain step at every burst
+    # each bin's static gain where it has content: the bursts' highs come up ~14 dB, an EQ; the
+    # median over all frames (0 dB for bins empty most of the time) read it as a 12 dB gain step
+    # at every burst (bench/quality.py's excess_db did, until it took the static gain this way)
     content = dx > floor + 40.0
     static = np.array([np.median((dy - dx)[k, content[k]]) if content[k].any() else 0.0
                        for k in range(dx.shape[0])])

@@ -121,7 +121,9 @@ def test_load_tweak_process_ab_and_save_in_a_real_browser(server, page, tmp_path
     first_result = state(page, "resultId")
     amount = page.get_by_test_id("param-texture-amount")
     assert amount.get_attribute("min") == "0" and amount.get_attribute("max") == "2"
-    assert amount.input_value() == "0.7"
+    preset = cakfx.presets.read_preset("texture-drums")
+    written = next(e.params["amount"] for e in preset.entries if e.id == "texture")
+    assert float(amount.input_value()) == pytest.approx(written)  # the preset's own setting
     assert page.get_by_test_id("param-comp-ratio").count() == 1
     weights = page.get_by_test_id("param-texture-weights")  # a weights picker of installed weights
     assert weights.locator("option:checked").inner_text() == "cak-texture-default"

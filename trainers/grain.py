@@ -250,10 +250,10 @@ class GrainTrainer(Trainer):
             + L1_WEIGHT * l1
             + AUDITOR_G_WEIGHT * grain_error
         )
-        terms = keep_terms(x, fake, g)
-        for w, term in zip(self.settings["keep_weights"], terms.values()):
-            if w:
-                g_loss = g_loss + w * term
+        weights = self.settings["keep_weights"]
+        terms = keep_terms(x, fake, g) if any(weights) else {}  # the paper recipe has none
+        for w, term in zip(weights, terms.values()):
+            g_loss = g_loss + w * term
         self.opt_g.zero_grad()
         g_loss.backward()
         self.opt_g.step()

@@ -447,6 +447,58 @@ def test_a_hot_mix_keeps_its_loudness():
     assert true_peak_db(out) <= -1.0 + 0.01  # the ceiling holds in true peak (was -0.87 dBTP)
 
 
+def band_db(y: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Per 2048-sample frame (hop 512), the power (dB) of ``y``'s bins in ``low .. high`` Hz."""
+    power = mel.power_spectrogram(np.atleast_2d(y)[:1].astype(np.float64))[0].numpy()
+    freqs = np.fft.rfftfreq(2048, 1 / SR)
+    return 10 * np.log10(power[(freqs >= low) & (freqs < high)].sum(0) + 1e-12)
+
+
+def test_brightening_keeps_the_kick():
+    from tools.demo import drum_loop
+
+    x = drum_loop()
+    out = grain("cak-grain-default", grain=1.5)(x, SR)
+    kick_in, kick_out = band_db(x, 40, 120), band_db(out, 40, 120)
+    hits = kick_in > kick_in.max() - 20.0
+    # the model cut the kick 10 dB and the loudness match, carried by the brightened hats, 7.5 more
+    assert np.median(kick_out[hits] - kick_in[hits]) > -6.0  # -4.8 dB (was -17.5)
+    hats_in, hats_out = band_db(x, 6000, 16000)[2:-2], band_db(out, 6000, 16000)[2:-2]
+    heard = hats_in > hats_in.max() - 30.0  # (the file's first and last frames: half padding)
+    change = hats_out[heard] - hats_in[heard]
+    assert np.median(change) > 2.0  # still brighter: +3.2 dB (+4.4 before)
+    assert change.min() > -3.0  # the hats between the snares are not cut: -0.8 dB (was -6.6)
+
+
+def test_the_fidelity_path_follows_the_models_low_cuts():
+    from tools.demo import drum_loop
+
+    x = drum_loop()
+    kept = grain("cak-grain-default", grain=1.5, level="off")(x, SR)
+    engine = grain_node.GrainEngine(cakfx.load_model("cak-grain-default", device="cpu"), 1.5, 1,
+                                    torch.device("cpu"))  # as level="original" builds it
+    engine.feed(x)
+    followed = engine.run(final=True)[:, : x.shape[-1]]
+    kick_in = band_db(x, 40, 120)
+    hits = kick_in > kick_in.max() - 20.0
+    assert np.median(band_db(kept, 40, 120)[hits] - kick_in[hits]) > -3.0
+    assert np.median(band_db(followed, 40, 120)[hits] - kick_in[hits]) < -8.0  # the model's own cut
+
+
+def test_boosts_are_scaled_to_bound_the_loudness_rise():
+    power = torch.full((2, mel.N_MELS, 4), 1e-4)
+    change = torch.zeros(2, mel.N_MELS, 4)
+    change[0, 80:] = 30.0  # the highs raised 30 dB: far over the bound
+    change[1, 80:] = 0.5  # within it
+    change[:, :10] = -1.0
+    capped = asks.cap_loudness_rise(change, power)
+    assert torch.equal(capped[1], change[1]) and torch.equal(capped[:, :10], change[:, :10])
+    weights = torch.as_tensor(asks._loudness_weights(mel.N_MELS, 44100))[:, None]
+    rise = 10 * torch.log10((weights * 10 ** (capped[0].double() / 10)).sum() / (weights.sum() * 4))
+    assert abs(float(rise) - asks.MAX_RISE_DB) < 0.01
+    assert 0.0 < float(capped[0, 100, 0]) < 30.0
+
+
 def test_slew_limit_ramps_the_gain():
     boost = torch.tensor([[0.0, 30.0, 30.0, 30.0, 30.0, 30.0, -30.0, -30.0, -30.0, 0.0]])
     limited, last = mask.slew_limit(boost, np.zeros(1))

@@ -50,6 +50,13 @@ def mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return np.where(log_part, _MIN_LOG_HZ * np.exp(_LOGSTEP * (mel - _MIN_LOG_MEL)), _F_SP * mel)
 
 
+def band_edges(sr: float, n_mels: int = N_MELS, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+    """The ``n_mels + 2`` edges (Hz) of the triangular filters: band ``b`` spans ``edges[b] .. edges[b + 2]``
+    and peaks at ``edges[b + 1]``."""
+    fmax_ = sr / 2.0 if fmax is None else float(fmax)
+    return mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax_), n_mels + 2))
+
+
 def mel_filterbank(
     sr: float,
     n_fft: int = N_FFT,
@@ -67,9 +74,8 @@ def mel_filterbank(
     """
     key = (float(sr), n_fft, n_mels, float(fmin), fmax, dtype, str(device))
     if key not in _filterbanks:
-        fmax_ = sr / 2.0 if fmax is None else float(fmax)
         fft_freqs = np.linspace(0.0, sr / 2.0, 1 + n_fft // 2)
-        edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax_), n_mels + 2))
+        edges = band_edges(sr, n_mels, fmin, fmax)
         widths = np.diff(edges)
         ramps = edges[:, None] - fft_freqs[None, :]
         lower = -ramps[:-2] / widths[:-1, None]

@@ -7,13 +7,21 @@ audio from it as the original did.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 
 from cakfx.dsp import mel
+from cakfx.dsp.stft import MODEL_SR
 
 FLOOR_DB = (-80.0, -60.0)  # bands this far below the window's peak: the model saw its -80 dB floor there
+# with keep_low: bands centred below LOW_BAND_HZ[0] are cut at most LOW_CUT_DB (the bound fading
+# out by LOW_BAND_HZ[1]), and a window's K-weighted power rises at most MAX_RISE_DB
+LOW_BAND_HZ = (150.0, 300.0)
+LOW_CUT_DB = 2.0
+MAX_RISE_DB = 3.0
 
 
 def window_db(power: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +58,25 @@ def floor_weight(db: torch.Tensor) -> torch.Tensor:
     return ((db - low) / (high - low)).clamp_(0.0, 1.0)
 
 
-def window_targets(model, power: torch.Tensor, grain: float) -> torch.Tensor:
-    """The mel power (in dB, absolute) the model asks for on windows ``power`` (``(B, n_mels, frames)``)."""
+def low_cut_bound(n_mels: int, sr: float, device=None) -> torch.Tensor:
+    """The largest cut (dB, ``(n_mels, 1)``) a band may get: ``LOW_CUT_DB`` for bands centred below
+    ``LOW_BAND_HZ[0]``, rising (in log frequency) to unbounded at ``LOW_BAND_HZ[1]``.
+
+    Flattening a spectrum can raise its valleys or cut its peaks; the model does both, and on a
+    drum loop at grain +1.5 it cut the kick 10 dB, which the loudness match then took another
+    7.5 dB lower (the brightened hats now carried the loudness): the kick was gone. Bounding the
+    cut in the low end keeps the body; the highs still rise, the level stage takes less away.
+    """
+    centres = np.maximum(mel.band_edges(sr, n_mels)[1:-1], 1.0)
+    low, high = LOW_BAND_HZ
+    open_ = np.clip(np.log(centres / low) / np.log(high / low), 0.0, 1.0)  # 0: bounded ... 1: free
+    bound = LOW_CUT_DB / np.maximum(1.0 - open_, 1e-6)
+    return torch.as_tensor(np.minimum(bound, 1e6), dtype=torch.float32, device=device)[:, None]
+
+
+def window_targets(model, power: torch.Tensor, grain: float, keep_low: bool = False) -> torch.Tensor:
+    """The mel power (in dB, absolute) the model asks for on windows ``power`` (``(B, n_mels, frames)``);
+    ``keep_low``: bands in the low end are cut at most ``low_cut_bound`` dB."""
     db, _ = window_db(power)
     norm, low, high = mel.normalise_window(db)
     with torch.inference_mode():
@@ -59,4 +84,48 @@ def window_targets(model, power: torch.Tensor, grain: float) -> torch.Tensor:
         out = model(norm[:, None].contiguous(memory_format=torch.channels_last), control)[:, 0]
     asked = level_match(mel.denormalise_window(out, low, high), power)
     given = 10.0 * torch.log10(power.clamp_min(mel.AMIN))
-    return given + floor_weight(db) * (asked - given)
+    change = floor_weight(db) * (asked - given)
+    if keep_low:
+        change = torch.maximum(change, -low_cut_bound(power.shape[-2], MODEL_SR, power.device).to(change))
+        change = cap_loudness_rise(change, power)
+    return given + change
+
+
+@functools.lru_cache(maxsize=8)
+def _loudness_weights(n_mels: int, sr: float) -> np.ndarray:
+    """Per mel band, the weight of its mel power in the K-weighted power: the band's width (a
+    Slaney band's mel power is its mean power per bin) times the K-weighting's power gain."""
+    from scipy import signal
+
+    from cakfx.dsp.loudness import _k_weighting
+
+    edges = mel.band_edges(sr, n_mels)
+    sos, _ = _k_weighting(sr)
+    _, response = signal.sosfreqz(sos, worN=edges[1:-1], fs=sr)
+    return 0.5 * (edges[2:] - edges[:-2]) * np.abs(response) ** 2
+
+
+def cap_loudness_rise(change: torch.Tensor, power: torch.Tensor) -> torch.Tensor:
+    """``change`` (dB, ``(B, n_mels, frames)``) with its boosts scaled down where they would raise
+    a window's K-weighted power by more than ``MAX_RISE_DB`` (cuts stay).
+
+    The loudness match after the model takes back whatever the boosts add: at grain +1.5 the
+    brightened hats of a drum loop raised its loudness 7.5 dB, and the match took that off the
+    kick (whose cut is bounded here, ``low_cut_bound``) and off the hats between the hits.
+    """
+    weights = torch.as_tensor(_loudness_weights(power.shape[-2], MODEL_SR), device=power.device)
+    weighted = (power.double() * weights[:, None]).flatten(-2)
+    total = weighted.sum(-1).clamp_min(1e-30)
+    up, down = change.clamp_min(0.0).double().flatten(-2), change.clamp_max(0.0).double().flatten(-2)
+    ln10 = math.log(10.0) / 10.0
+
+    def rise(scale: torch.Tensor) -> torch.Tensor:
+        return torch.log10((weighted * ((down + scale[:, None] * up) * ln10).exp()).sum(-1) / total) * 10.0
+
+    low, high = torch.zeros_like(total), torch.ones_like(total)
+    for _ in range(14):  # bisection: rise grows with the scale
+        mid = 0.5 * (low + high)
+        over = rise(mid) > MAX_RISE_DB
+        high, low = torch.where(over, mid, high), torch.where(over, low, mid)
+    scale = torch.where(rise(torch.ones_like(total)) > MAX_RISE_DB, low, torch.ones_like(total))
+    return change.clamp_max(0.0) + scale.to(change)[:, None, None] * change.clamp_min(0.0)

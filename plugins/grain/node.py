@@ -19,6 +19,11 @@ unchanged, ``cakfx.dsp.resample.band_split``):
    peak keep the input (``floor_weight``): the model sees everything under
    -80 dB as one floor value, and following its ask there lifted empty regions
    20-80 dB into hiss and made an envelope's corner click.
+   Except on the fidelity path (``level="original"``), bands below ~150 Hz are
+   cut at most ``LOW_CUT_DB`` and a window's boosts are scaled so its K-weighted
+   loudness rises at most ``MAX_RISE_DB`` (``asks.low_cut_bound``,
+   ``asks.cap_loudness_rise``): the loudness match takes back what the boosts
+   add, and at grain +1.5 it took it off a drum loop's kick (-17.5 dB -> -4.8).
 3. Windows overlap by 43 frames (0.5 s, the original's crossfade) and their
    asks crossfade there (raised-cosine weights, in dB), so there are no level
    steps at window borders. Then, frame by frame in order, each band's change
@@ -153,8 +158,10 @@ class GrainEngine:
     after every block and is ``engine_latency()`` samples behind at worst.
     """
 
-    def __init__(self, model, grain: float, channels: int, device: torch.device) -> None:
+    def __init__(self, model, grain: float, channels: int, device: torch.device,
+                 keep_low: bool = False) -> None:
         self.model, self.grain, self.channels, self.device = model, float(grain), int(channels), device
+        self.keep_low = keep_low  # bound the cuts in the low end (``asks.low_cut_bound``)
         self.fb = mel.banded_filterbank(MODEL_SR, dtype=torch.float32, device=device)
         self.head_norm = _ola_norm().to(device)
         self.reset()
@@ -271,7 +278,7 @@ class GrainEngine:
         def work(index: int) -> None:
             power = torch.stack([self.power[c, :, WINDOW_HOP * k - self.f0 :][:, :WINDOW_FRAMES]
                                  for k, c in batches[index]])
-            asks[index] = window_targets(self.model, power, self.grain)
+            asks[index] = window_targets(self.model, power, self.grain, self.keep_low)
 
         parallel_map(work, range(len(batches)), self.device)
         fade = WINDOW_FRAMES - WINDOW_HOP
@@ -404,6 +411,12 @@ class GrainNode(NeuralNode):
         return self._stage
 
     # -- offline ---------------------------------------------------------------------------
+    def _engine(self, channels: int) -> GrainEngine:
+        """A ``GrainEngine`` for the current settings. The low end's cuts are bounded
+        (``asks.low_cut_bound``) except on the fidelity path (``level="original"``), which
+        follows the model's ask as the original pipeline did."""
+        return GrainEngine(self.model, self.grain, channels, self.device, keep_low=self.level != "original")
+
     def model_path(self, audio: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray | None]:
         """The raw output (before the level stage), aligned with ``audio`` ``(C, N)`` float32, and
         the band above the model's that it carries unchanged (None at or below 44.1 kHz)."""
@@ -416,7 +429,7 @@ class GrainNode(NeuralNode):
             y44 = griffinlim_process(self.model, torch.from_numpy(x44).to(self.device), self.grain)
             y44 = y44.cpu().numpy()
         else:
-            engine = GrainEngine(self.model, self.grain, x44.shape[0], self.device)
+            engine = self._engine(x44.shape[0])
             engine.feed(x44)
             y44 = engine.run(final=True)[:, : x44.shape[-1]]
         if not resampled:
@@ -462,8 +475,7 @@ class GrainNode(NeuralNode):
         sr = int(round(sample_rate))
         step = MODEL_SR // math.gcd(sr, MODEL_SR)
         core = -(-engine_latency() // step) * step
-        state = {"sr": sr, "channels": channels, "engine": GrainEngine(self.model, self.grain, channels,
-                                                                       self.device)}
+        state = {"sr": sr, "channels": channels, "engine": self._engine(channels)}
         lead = 0
         if sr != MODEL_SR:
             state["down"] = StreamResampler(sr, MODEL_SR, channels)

@@ -19,11 +19,13 @@ unchanged, ``cakfx.dsp.resample.band_split``):
    peak keep the input (``floor_weight``): the model sees everything under
    -80 dB as one floor value, and following its ask there lifted empty regions
    20-80 dB into hiss and made an envelope's corner click.
-   Except on the fidelity path (``level="original"``), bands below ~150 Hz are
-   cut at most ``LOW_CUT_DB`` and a window's boosts are scaled so its K-weighted
-   loudness rises at most ``MAX_RISE_DB`` (``asks.low_cut_bound``,
-   ``asks.cap_loudness_rise``): the loudness match takes back what the boosts
-   add, and at grain +1.5 it took it off a drum loop's kick (-17.5 dB -> -4.8).
+   Except on the fidelity path (``level="original"``) the asks are bounded
+   (``asks.window_targets(bounded=True)``): each band's change is smoothed in
+   time, weighted by its power (the model cut the gaps between hits and raised
+   the hits: a ~10 dB gain step at every onset); bands below ~150 Hz are cut at
+   most ``LOW_CUT_DB``, and a window's boosts are scaled so its K-weighted
+   loudness rises at most ``MAX_RISE_DB`` (the loudness match takes back what
+   the boosts add: at grain +1.5 it took it off a drum loop's kick, -17.5 dB).
 3. Windows overlap by 43 frames (0.5 s, the original's crossfade) and their
    asks crossfade there (raised-cosine weights, in dB), so there are no level
    steps at window borders. Then, frame by frame in order, each band's change
@@ -159,9 +161,9 @@ class GrainEngine:
     """
 
     def __init__(self, model, grain: float, channels: int, device: torch.device,
-                 keep_low: bool = False) -> None:
+                 bounded: bool = False) -> None:
         self.model, self.grain, self.channels, self.device = model, float(grain), int(channels), device
-        self.keep_low = keep_low  # bound the cuts in the low end (``asks.low_cut_bound``)
+        self.bounded = bounded  # the asks smoothed and bounded (``asks.window_targets``)
         self.fb = mel.banded_filterbank(MODEL_SR, dtype=torch.float32, device=device)
         self.head_norm = _ola_norm().to(device)
         self.reset()
@@ -278,7 +280,7 @@ class GrainEngine:
         def work(index: int) -> None:
             power = torch.stack([self.power[c, :, WINDOW_HOP * k - self.f0 :][:, :WINDOW_FRAMES]
                                  for k, c in batches[index]])
-            asks[index] = window_targets(self.model, power, self.grain, self.keep_low)
+            asks[index] = window_targets(self.model, power, self.grain, self.bounded)
 
         parallel_map(work, range(len(batches)), self.device)
         fade = WINDOW_FRAMES - WINDOW_HOP
@@ -412,10 +414,10 @@ class GrainNode(NeuralNode):
 
     # -- offline ---------------------------------------------------------------------------
     def _engine(self, channels: int) -> GrainEngine:
-        """A ``GrainEngine`` for the current settings. The low end's cuts are bounded
-        (``asks.low_cut_bound``) except on the fidelity path (``level="original"``), which
-        follows the model's ask as the original pipeline did."""
-        return GrainEngine(self.model, self.grain, channels, self.device, keep_low=self.level != "original")
+        """A ``GrainEngine`` for the current settings: its asks bounded (``asks.window_targets``)
+        except on the fidelity path (``level="original"``), which follows the model's ask as the
+        original pipeline did."""
+        return GrainEngine(self.model, self.grain, channels, self.device, bounded=self.level != "original")
 
     def model_path(self, audio: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray | None]:
         """The raw output (before the level stage), aligned with ``audio`` ``(C, N)`` float32, and

@@ -500,6 +500,20 @@ def test_the_fidelity_path_follows_the_models_low_cuts():
     assert np.median(band_db(followed, 40, 120)[hits] - kick_in[hits]) < -8.0  # the model's own cut
 
 
+def test_smoothing_in_time_moves_the_gain_where_the_band_is_quiet():
+    power = torch.full((1, 2, 20), 1e-8)
+    power[..., 10:] = 1e-2  # an onset at frame 10: 60 dB louder from there on
+    change = torch.full((1, 2, 20), -8.0)
+    change[..., 10:] = 2.0  # the model cut the gap and raised the hit: a 10 dB step at the onset
+    weight = torch.ones_like(change)
+    weight[:, 1] = 0.0  # a band under the model's floor keeps the input
+    smoothed = asks.smooth_in_time(change, power, weight)
+    assert torch.allclose(smoothed[0, 0, 10:], change[0, 0, 10:], atol=1e-3)  # the hit keeps its gain
+    assert float(smoothed[0, 0, 9]) > 1.9  # the quiet frame before it takes the hit's
+    assert float(smoothed[0, 0, 9 - asks.SMOOTH_FRAMES]) == -8.0  # beyond the reach, unchanged
+    assert torch.equal(smoothed[0, 1], change[0, 1])
+
+
 def test_boosts_are_scaled_to_bound_the_loudness_rise():
     power = torch.full((2, mel.N_MELS, 4), 1e-4)
     change = torch.zeros(2, mel.N_MELS, 4)

@@ -10,7 +10,7 @@ import torch
 from scipy import signal
 
 from cakfx.dsp.level import LevelStage, limiter_latency
-from cakfx.dsp.loudness import integrated_loudness, sample_peak_db, true_peak_db
+from cakfx.dsp.loudness import integrated_loudness, true_peak_db
 from tools import demo
 
 SR = 44100
@@ -70,11 +70,10 @@ def test_one_click_does_not_pull_the_file_down(music):
     assert stage.last["limiting"]
     # the click's own energy counts in the raw output's loudness (-0.35 LU here), nothing more
     assert integrated_loudness(y, SR) == pytest.approx(integrated_loudness(music, SR), abs=0.5)
-    assert sample_peak_db(y) <= -1.0 + 0.01 and true_peak_db(y) <= -0.5
-    # the limiter acts around the click only: a second later the output is the plain gain
-    # (to 0.002 dB: pedalboard's release settles at -0.0011 dB, not exactly unity)
-    gain = 10 ** (stage.last["gain_db"] / 20)
-    assert np.allclose(y[:, 2 * SR :], gain * y_raw[:, 2 * SR :], rtol=2.5e-4, atol=1e-6)
+    assert true_peak_db(y) <= -1.0
+    # the limiter acts around the click only: a second later the output is the plain gain, exactly
+    gain = np.float32(10 ** (stage.last["gain_db"] / 20))
+    assert np.array_equal(y[:, 2 * SR :], gain * y_raw[:, 2 * SR :])
     # the published grain stage scales the whole file down for that one click
     old = LevelStage("original", original="grain").apply(music, y_raw, SR)
     assert integrated_loudness(old, SR) < integrated_loudness(music, SR) - 6
@@ -318,18 +317,19 @@ def test_every_bundled_neural_stage_keeps_a_96k_files_high_band(music):
         assert abs(kept) < 1.0, (preset, effect, params, kept)  # was +1.6 (texture), -8.8 dB (grain +1.5)
 
 
-def test_stream_limiter_is_the_offline_limiter_delayed_bit_for_bit(music):
-    from cakfx.dsp.level import _limiter, _StreamLimiter
+def test_stream_limiter_is_the_offline_limiter_delayed(music):
+    from cakfx.dsp.limiter import TruePeakLimiter, limit
 
     loud = 4.0 * music  # the limiter acts all along
-    offline = _limiter(-1.0).process(loud, SR, reset=True)
+    offline = limit(loud, -1.0, SR)
+    assert true_peak_db(offline) <= -1.0
     rng = np.random.default_rng(5)
-    for sizes in ([1] * 300 + [8192] * 100, rng.integers(1, 3000, 2000)):
-        limiter = _StreamLimiter(-1.0, SR, loud.shape[0])
+    for sizes in ([1] * 300 + [8192] * 100, rng.integers(1, 3000, 2000), [100_000] * 2):
+        limiter = TruePeakLimiter(-1.0, SR, loud.shape[0])
         padded = np.pad(loud, ((0, 0), (0, limiter.latency)))
         bounds = np.minimum(np.cumsum(np.concatenate([[0], sizes])), padded.shape[1])
         out = np.concatenate([limiter.process(padded[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])], 1)
-        assert np.array_equal(out[:, limiter.latency :], offline)
+        np.testing.assert_allclose(out[:, limiter.latency :], offline, atol=1e-6)
 
 
 def test_the_ceiling_holds_in_true_peak(music):
@@ -339,5 +339,5 @@ def test_the_ceiling_holds_in_true_peak(music):
     raw = (hot + 10.0 * signal.sosfilt(sos, hot)).astype(np.float32)
     for ceiling in (-1.0, -3.0):
         out = LevelStage("match", ceiling_db=ceiling).apply(hot, raw, SR)
-        # pedalboard's true-peak sidechain read up to 0.26 dB under BS.1770's meter: -0.74 dBTP at -1
-        assert true_peak_db(out) <= ceiling + 0.01, (ceiling, true_peak_db(out))
+        # the limiter's sidechain is the meter's own oversampling (pedalboard's read up to 0.26 dB under)
+        assert true_peak_db(out) <= ceiling + 1e-4, (ceiling, true_peak_db(out))

@@ -34,8 +34,9 @@ Modes
 BS.1770, ``cakfx.dsp.loudness.integrated_loudness``; K-weighted RMS under 0.4 s) equals the
 input's, within ±``MAX_GAIN_DB``; unity when either is silent (``-inf``). Nothing is scaled down
 for a peak: only where the gained output's true peak would exceed ``ceiling_db`` does a
-look-ahead brick-wall limiter (``pedalboard.BrickwallLimiter``, true-peak sidechain, 5 ms
-look-ahead, 100 ms release) act, on the peaks alone.
+look-ahead limiter (``cakfx.dsp.limiter``: BS.1770 true-peak sidechain, so the ceiling holds on
+the true-peak meter; 5 ms look-ahead, 100 ms release, unity gain exactly away from the peaks)
+act, on the peaks alone.
 
 A node whose model runs at 44.1 kHz passes the band above it through (``cakfx.dsp.resample``'s
 ``band_split`` / ``HighBand``) and gives that band to the stage as ``high``: the gain then acts on
@@ -57,8 +58,8 @@ Offline and streaming
 ``apply(x, y_raw, sr)`` measures the whole signals (any fixed measurement is ignored) and returns
 output aligned with the input. ``stream(x_block, y_raw_block, sr)`` returns a block of the same
 length, delayed by ``latency_samples(sr)``: for ``"match"`` the limiter's look-ahead plus its
-block buffering (343 samples at 44.1 kHz, 363 at 48 kHz, 603 at 96 kHz), constant whether or not the limiter
-acts; 0 for the other modes.
+true-peak filter's span (236 samples at 44.1 kHz, 256 at 48 kHz, 496 at 96 kHz), constant whether or
+not the limiter acts; 0 for the other modes.
 
 With a fixed measurement (``begin_measure()``, stream every block, ``end_measure()``; then
 ``reset()`` and stream again) ``stream`` reproduces ``apply`` delayed by the latency, to float
@@ -81,11 +82,11 @@ True
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 
+from cakfx.dsp.limiter import TruePeakLimiter, limit, limiter_latency
 from cakfx.dsp.loudness import LoudnessMeter, PeakMeter, integrated_loudness, true_peak_db, true_peak_exceeds
 from cakfx.dsp.resample import DelayLine
 
@@ -94,80 +95,9 @@ ORIGINALS = ("texture", "grain")
 CEILING_RANGE = (-24.0, 0.0)
 MAX_GAIN_DB = 24.0  # a loudness match never moves the output more than this
 LIVE_SMOOTHING_S = 0.3  # time constant of the live gain
-LIMITER_BLOCK = 64  # the limiter is fed fixed blocks: pedalboard's output then equals its offline run
 TEXTURE_GAIN_LIMITS = (0.1, 10.0)
 GRAIN_GAIN_LIMITS = (0.01, 100.0)
 GRAIN_PEAK = 0.95
-TRUE_PEAK_MARGIN_DB = 0.3  # the limiter aims this far under ceiling_db (see _limiter)
-
-
-def _limiter(ceiling_db: float):
-    from pedalboard import BrickwallLimiter
-
-    # pedalboard's true-peak sidechain reads up to 0.26 dB under BS.1770's 4x meter (measured on
-    # bench/quality.py's corpus: -0.74 dBTP out of a -1 dBTP ceiling); the margin makes it hold
-    return BrickwallLimiter(ceiling_db=ceiling_db - TRUE_PEAK_MARGIN_DB, release_ms=100.0, lookahead_ms=5.0,
-                            true_peak=True)
-
-
-@functools.cache
-def _limiter_withheld(sample_rate: int) -> int:
-    """Samples pedalboard's limiter holds back in streaming (``reset=False``) use: it returns
-    fewer samples than it is given until its look-ahead is full, then as many as it is given
-    (280 at 44.1 kHz with the true-peak sidechain; the same for any channel count)."""
-    limiter = _limiter(-1.0)
-    zeros = np.zeros((1, LIMITER_BLOCK), np.float32)
-    fed = produced = 0
-    while fed < sample_rate // 10:  # well past the 5 ms look-ahead and the oversampler
-        produced += limiter.process(zeros, sample_rate, buffer_size=LIMITER_BLOCK, reset=False).shape[-1]
-        fed += LIMITER_BLOCK
-    return fed - produced
-
-
-def limiter_latency(sample_rate: float) -> int:
-    """Latency of the streamed limiter: pedalboard's look-ahead plus the block buffering."""
-    return LIMITER_BLOCK - 1 + _limiter_withheld(int(round(sample_rate)))
-
-
-class _StreamLimiter:
-    """``pedalboard.BrickwallLimiter`` fed fixed ``LIMITER_BLOCK``-sample blocks, its output delayed
-    to a constant ``latency``: the offline (``reset=True``, latency-compensated) result delayed.
-
-    How pedalboard handles the look-ahead (measured, 0.9.26): with ``reset=True`` it compensates
-    it (output aligned with the input, same length); with ``reset=False`` it withholds the first
-    look-ahead samples (returns fewer samples than given, then as many) so what comes out is the
-    offline output, just late, and the last samples only come with later input. Fed fixed blocks
-    of 32 samples or more, the concatenated stream equals the offline output bit for bit; fed
-    1-sample blocks it does not. Hence the fixed blocks here and a constant delay on top.
-    """
-
-    def __init__(self, ceiling_db: float, sample_rate: int, channels: int) -> None:
-        self.sample_rate, self.channels = sample_rate, channels
-        self.limiter = _limiter(ceiling_db)
-        self.latency = limiter_latency(sample_rate)
-        self._pending = np.zeros((channels, 0), np.float32)  # input not yet a whole block
-        self._ready = np.zeros((channels, self.latency), np.float32)  # output not yet returned
-
-    def process(self, block: np.ndarray) -> np.ndarray:
-        n = block.shape[1]
-        self._pending = np.concatenate([self._pending, block.astype(np.float32, copy=False)], axis=1)
-        whole = self._pending.shape[1] // LIMITER_BLOCK * LIMITER_BLOCK
-        pieces = [self._ready]
-        if whole:  # one call: pedalboard splits it into LIMITER_BLOCK buffers itself, bit for bit
-            # what a call per block gives, without a Python call per 64 samples (2.4x the offline
-            # limiter's time on a 60 s file; now the same)
-            y = self.limiter.process(self._pending[:, :whole], self.sample_rate,
-                                     buffer_size=LIMITER_BLOCK, reset=False)
-            if y.ndim == 2 and y.shape[-1]:
-                pieces.append(y.reshape(self.channels, -1))
-        self._pending = self._pending[:, whole:]
-        ready = np.concatenate(pieces, axis=1)
-        if ready.shape[1] < n:  # cannot happen: the latency covers the buffering and look-ahead
-            raise RuntimeError(f"limiter stream: {n} samples asked, {ready.shape[1]} ready")
-        self._ready = ready[:, n:]
-        return ready[:, :n]
-
-
 def _to_numpy(a) -> tuple[np.ndarray, object]:
     if hasattr(a, "detach"):
         import torch
@@ -261,9 +191,7 @@ class LevelStage:
             out = out + ha
             limiting = _peak_bound_db(gain_db, true_peak_db(ya), true_peak_db(ha)) > self.ceiling_db
         if limiting:
-            # reset=True: pedalboard compensates the look-ahead, the output is aligned
-            limited = _limiter(self.ceiling_db).process(out.astype(np.float32), sample_rate, reset=True)
-            out = limited.astype(ya.dtype, copy=False)
+            out = limit(out, self.ceiling_db, sample_rate).astype(ya.dtype, copy=False)
         self.last = {"gain_db": gain_db, "limiting": bool(limiting)}
         return back(out)
 
@@ -379,7 +307,7 @@ class LevelStage:
     def _new_state(self, sr: int, channels: int, in_channels: int) -> dict:
         state = {"shape": (sr, channels, in_channels), "sr": sr}
         if self.mode == "match":
-            state["limiter"] = _StreamLimiter(self.ceiling_db, sr, channels)
+            state["limiter"] = TruePeakLimiter(self.ceiling_db, sr, channels)
             state["delay"] = DelayLine(channels, state["limiter"].latency)
             state["in"] = LoudnessMeter(sr, in_channels)
             state["out"] = LoudnessMeter(sr, channels)

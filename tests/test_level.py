@@ -341,3 +341,24 @@ def test_the_ceiling_holds_in_true_peak(music):
         out = LevelStage("match", ceiling_db=ceiling).apply(hot, raw, SR)
         # the limiter's sidechain is the meter's own oversampling (pedalboard's read up to 0.26 dB under)
         assert true_peak_db(out) <= ceiling + 1e-4, (ceiling, true_peak_db(out))
+
+
+def test_a_limiter_that_costs_loudness_is_driven_until_the_match_holds(music):
+    # a brightening effect on a hot mix (highs 6-10 dB up): matched, its peaks are 5.5 dB over the
+    # ceiling and plain limiting took 1.2 LU; driven (+2.3 dB), the limited output keeps the loudness
+    hot = (music / np.abs(music).max() * 10 ** (-0.1 / 20)).astype(np.float32)
+    sos = signal.butter(2, 3000, btype="highpass", fs=SR, output="sos")
+    raw = (0.7 * hot + 2.0 * signal.sosfilt(sos, hot)).astype(np.float32)
+    stage = LevelStage("match", ceiling_db=-1.0)
+    out = stage.apply(hot, raw, SR)
+    assert 1.0 < stage.last["drive_db"] < 6.0
+    assert abs(integrated_loudness(out, SR) - integrated_loudness(hot, SR)) < 0.5
+    assert true_peak_db(out) <= -1.0
+    streamed = measured(stage, hot, raw, [3000] * 100)
+    assert stage.measurement["drive_db"] == pytest.approx(stage.last["drive_db"], abs=1e-3)
+    lat = stage.latency_samples(SR)
+    assert np.abs(streamed[:, lat:] - out[:, :-lat]).max() < 1e-4
+    # material the limiter does not touch is not driven
+    quiet = LevelStage("match", ceiling_db=-1.0)
+    quiet.apply(music, effect(music, 0.3), SR)
+    assert quiet.last["drive_db"] == 0.0

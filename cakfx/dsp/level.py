@@ -36,14 +36,20 @@ input's, within ±``MAX_GAIN_DB``; unity when either is silent (``-inf``). Nothi
 for a peak: only where the gained output's true peak would exceed ``ceiling_db`` does a
 look-ahead limiter (``cakfx.dsp.limiter``: BS.1770 true-peak sidechain, so the ceiling holds on
 the true-peak meter; 5 ms look-ahead, 100 ms release, unity gain exactly away from the peaks)
-act, on the peaks alone.
+act, on the peaks alone. Limiting costs loudness (a model that brightens a hot mix's hats 20 dB
+leaves peaks 9 dB over the ceiling once matched: -3.5 LU), so where it would take more than
+``DRIVE_TOLERANCE_LU`` the limiter is driven harder, as a mastering engineer raises a limiter's
+input until the target loudness is met: the extra gain (``limiter_drive_db``, at most
+``MAX_DRIVE_DB``) is found from the output's per-64-sample K-weighted power and peaks, which the
+measuring pass records, by estimating the limited loudness (``cakfx.dsp.limiter.limited_loudness``).
 
 A node whose model runs at 44.1 kHz passes the band above it through (``cakfx.dsp.resample``'s
 ``band_split`` / ``HighBand``) and gives that band to the stage as ``high``: the gain then acts on
 the model band alone (``y_raw - high``, matched against ``x - high``) and ``high`` is added back
 after it, so a 96 kHz file's 22-48 kHz content is not moved by the loudness match; the limiter
-sees the sum (its decision takes the bound ``gain·peak(model band) + peak(high)``, which a stream
-can measure before the gain is known).
+keeps out of it too: it acts on the model band with the ceiling lowered by ``high``'s true peak, so
+the sum holds the ceiling (its decision takes the bound ``gain·peak(model band) + peak(high)``,
+which a stream can measure before the gain is known).
 
 ``"original"``: the published pipelines' level stages, for fidelity tests against them.
 ``original="texture"``: per channel, gain ``rms(x) / rms(y)`` clipped to 0.1…10, then
@@ -86,7 +92,7 @@ import math
 
 import numpy as np
 
-from cakfx.dsp.limiter import TruePeakLimiter, limit, limiter_latency
+from cakfx.dsp.limiter import BlockPeaks, TruePeakLimiter, limit, limited_loudness, limiter_latency
 from cakfx.dsp.loudness import LoudnessMeter, PeakMeter, integrated_loudness, true_peak_db, true_peak_exceeds
 from cakfx.dsp.resample import DelayLine
 
@@ -98,6 +104,9 @@ LIVE_SMOOTHING_S = 0.3  # time constant of the live gain
 TEXTURE_GAIN_LIMITS = (0.1, 10.0)
 GRAIN_GAIN_LIMITS = (0.01, 100.0)
 GRAIN_PEAK = 0.95
+DRIVE_BLOCK = 64  # samples per block of the envelope the limiter's drive is estimated from
+MAX_DRIVE_DB = 6.0  # the most the limiter is driven to make up what it takes
+DRIVE_TOLERANCE_LU = 0.05  # a limiter that takes less than this is not driven
 def _to_numpy(a) -> tuple[np.ndarray, object]:
     if hasattr(a, "detach"):
         import torch
@@ -123,6 +132,48 @@ def _model_band(x: np.ndarray, y: np.ndarray, high) -> tuple[np.ndarray, np.ndar
         return x, y, None
     h = np.nan_to_num(np.asarray(_to_numpy(high)[0], dtype=y.dtype), nan=0.0, posinf=0.0, neginf=0.0)
     return x - h.astype(x.dtype, copy=False), y - h, h
+
+
+def _measured(y: np.ndarray, sample_rate: float) -> LoudnessMeter:
+    """A loudness meter that has heard ``y`` and kept its envelope for the limiter's drive."""
+    meter = LoudnessMeter(sample_rate, y.shape[0], record=DRIVE_BLOCK)
+    for a in range(0, max(y.shape[-1], 1), 1 << 16):
+        meter.process(y[:, a : a + (1 << 16)])
+    return meter
+
+
+def limiter_drive_db(powers: np.ndarray, peaks_db: np.ndarray, gain_db: float, ceiling_db: float,
+                     sample_rate: float) -> float:
+    """Extra gain into the limiter so its output keeps the matched loudness: what a mastering
+    engineer does, raising a limiter's input until the target is met (0…``MAX_DRIVE_DB``).
+
+    ``powers``/``peaks_db``: the model band's K-weighted power and sample peak per ``DRIVE_BLOCK``
+    samples, before ``gain_db``; the loudness after limiting is estimated from them
+    (``cakfx.dsp.limiter.limited_loudness``) and the drive found by bisection. A limiter that
+    takes under ``DRIVE_TOLERANCE_LU`` (a click, a few peaks) is not driven.
+    """
+    def shortfall(drive: float) -> float:
+        estimate = limited_loudness(powers, peaks_db, gain_db + drive, ceiling_db, sample_rate, DRIVE_BLOCK)
+        return estimate - target
+
+    target = limited_loudness(powers, peaks_db, gain_db, math.inf, sample_rate, DRIVE_BLOCK)
+    if not math.isfinite(target) or shortfall(0.0) >= -DRIVE_TOLERANCE_LU:
+        return 0.0
+    if shortfall(MAX_DRIVE_DB) <= 0.0:
+        return MAX_DRIVE_DB
+    low, high = 0.0, MAX_DRIVE_DB
+    for _ in range(12):  # to 0.0015 dB
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if shortfall(mid) < 0.0 else (low, mid)
+    return 0.5 * (low + high)
+
+
+def _model_ceiling_db(ceiling_db: float, high_peak_db: float) -> float | None:
+    """The ceiling left to the model band when the band above it passes through untouched, even
+    by the limiter (``gain·model + high`` then cannot exceed ``ceiling_db``); None where the high
+    band takes (nearly) all of it: the limiter then acts on the sum."""
+    room = _db_to_gain(ceiling_db) - _db_to_gain(high_peak_db)
+    return 20.0 * math.log10(room) if room > _db_to_gain(CEILING_RANGE[0]) else None
 
 
 def _peak_bound_db(gain_db: float, model_peak_db: float, high_peak_db: float = -math.inf) -> float:
@@ -169,7 +220,7 @@ class LevelStage:
 
         ``high``: the input's band above the model's (``cakfx.dsp.resample.band_split``), which
         ``y_raw`` carries unchanged; ``"match"`` then levels only the model band (``y_raw - high``
-        against ``x - high``) and adds ``high`` back untouched before the limiter.
+        against ``x - high``) and adds ``high`` back untouched, also by the limiter.
         """
         xa, _ = _to_numpy(x)
         ya, back = _to_numpy(y_raw)
@@ -181,18 +232,30 @@ class LevelStage:
             gains, scale = self._original_gains(_rms(xa, -1), _rms(ya, -1), peak)
             return back(self._original_apply(ya, gains, scale))
         xa, ya, ha = _model_band(xa, ya, high)
-        loudness_in, loudness_out = integrated_loudness(xa, sample_rate), integrated_loudness(ya, sample_rate)
-        gain_db = self._match_gain_db(loudness_in, loudness_out)
+        meter = _measured(ya, sample_rate)
+        gain_db = self._match_gain_db(integrated_loudness(xa, sample_rate), meter.loudness)
         out = ya * np.asarray(_db_to_gain(gain_db), dtype=ya.dtype)
         if ha is None:
             limiting = true_peak_exceeds(out, self.ceiling_db)
         else:
             # the bound a stream can measure too, so offline and streamed renders decide alike
-            out = out + ha
             limiting = _peak_bound_db(gain_db, true_peak_db(ya), true_peak_db(ha)) > self.ceiling_db
+        drive = 0.0
         if limiting:
+            peaks = BlockPeaks(DRIVE_BLOCK)
+            peaks.process(ya)
+            drive = limiter_drive_db(meter.recorded_powers, peaks.peaks_db, gain_db, self.ceiling_db,
+                                     sample_rate)
+            if drive:
+                out = ya * np.asarray(_db_to_gain(gain_db + drive), dtype=ya.dtype)
+        model_ceiling = None if ha is None else _model_ceiling_db(self.ceiling_db, true_peak_db(ha))
+        if limiting and model_ceiling is not None:  # the high band stays out of the limiter
+            out = limit(out, model_ceiling, sample_rate).astype(ya.dtype, copy=False)
+        if ha is not None:
+            out = out + ha
+        if limiting and model_ceiling is None:
             out = limit(out, self.ceiling_db, sample_rate).astype(ya.dtype, copy=False)
-        self.last = {"gain_db": gain_db, "limiting": bool(limiting)}
+        self.last = {"gain_db": gain_db + drive, "limiting": bool(limiting), "drive_db": drive}
         return back(out)
 
     @staticmethod
@@ -247,8 +310,12 @@ class LevelStage:
         elif self.mode == "match":
             gain_db = self._match_gain_db(m["in"].loudness, m["out"].loudness)
             high_peak = m["peak_high"].true_peak_db if "peak_high" in m else -math.inf
-            bound = _peak_bound_db(gain_db, m["peak"].true_peak_db, high_peak)
-            self._fixed = {"gain_db": gain_db, "limiting": bound > self.ceiling_db}
+            limiting = _peak_bound_db(gain_db, m["peak"].true_peak_db, high_peak) > self.ceiling_db
+            drive = limiter_drive_db(m["out"].recorded_powers, m["blocks"].peaks_db, gain_db, self.ceiling_db,
+                                     m["out"].sample_rate) if limiting else 0.0
+            self._fixed = {"gain_db": gain_db + drive, "limiting": limiting, "drive_db": drive,
+                           "model_ceiling_db": None if "peak_high" not in m else
+                           _model_ceiling_db(self.ceiling_db, high_peak)}
         else:
             n = max(m["n"], 1)
             gains, scale = self._original_gains(np.sqrt(m["sq_in"] / n), np.sqrt(m["sq_out"] / n),
@@ -300,6 +367,8 @@ class LevelStage:
         if self._fixed is not None:
             out = ya * np.float32(_db_to_gain(self._fixed["gain_db"]))
             stage = state["limiter"] if self._fixed["limiting"] else state["delay"]
+            if ha is not None and "high_delay" in state and self._fixed["limiting"]:  # high band kept out
+                return back(stage.process(out) + state["high_delay"].process(ha))
         else:
             out, stage = self._live_gain(xa, ya, state), state["limiter"]
         return back(stage.process(out if ha is None else out + ha))
@@ -307,7 +376,11 @@ class LevelStage:
     def _new_state(self, sr: int, channels: int, in_channels: int) -> dict:
         state = {"shape": (sr, channels, in_channels), "sr": sr}
         if self.mode == "match":
-            state["limiter"] = TruePeakLimiter(self.ceiling_db, sr, channels)
+            model_ceiling = (self._fixed or {}).get("model_ceiling_db")
+            state["limiter"] = TruePeakLimiter(self.ceiling_db if model_ceiling is None else model_ceiling,
+                                               sr, channels)
+            if model_ceiling is not None:
+                state["high_delay"] = DelayLine(channels, state["limiter"].latency)
             state["delay"] = DelayLine(channels, state["limiter"].latency)
             state["in"] = LoudnessMeter(sr, in_channels)
             state["out"] = LoudnessMeter(sr, channels)
@@ -321,14 +394,16 @@ class LevelStage:
         if not m:
             channels = y.shape[0]
             if self.mode == "match":
-                m.update({"in": LoudnessMeter(sr, x.shape[0]), "out": LoudnessMeter(sr, channels),
-                          "peak": PeakMeter(channels)})
+                m.update({"in": LoudnessMeter(sr, x.shape[0]),
+                          "out": LoudnessMeter(sr, channels, record=DRIVE_BLOCK),
+                          "peak": PeakMeter(channels), "blocks": BlockPeaks(DRIVE_BLOCK)})
             else:
                 m.update(n=0, sq_in=np.zeros(x.shape[0]), sq_out=np.zeros(channels), peak_out=0.0)
         if self.mode == "match":
             m["in"].process(x)
             m["out"].process(y)
             m["peak"].process(y)
+            m["blocks"].process(y)
             if high is not None:
                 m.setdefault("peak_high", PeakMeter(high.shape[0])).process(high)
         else:

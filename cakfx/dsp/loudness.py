@@ -175,9 +175,10 @@ class LoudnessMeter:
     True
     """
 
-    def __init__(self, sample_rate: float, channels: int) -> None:
+    def __init__(self, sample_rate: float, channels: int, record: int = 0) -> None:
         self.sample_rate = float(sample_rate)
         self.channels = int(channels)
+        self.record = int(record)  # > 0: keep the power summed over every ``record`` samples
         self._sos, self._gain = _k_weighting(self.sample_rate)
         self._gains = _channel_gains(self.channels)[:, None]
         self._block_len = BLOCK_SECONDS * self.sample_rate  # float, as pyloudnorm's bounds
@@ -194,6 +195,8 @@ class LoudnessMeter:
         self._samples = 0
         self._next = 0  # index of the first block not yet complete
         self._powers: list[float] = []  # mean-square power of each complete block
+        self._recorded: list[np.ndarray] = []  # the record's complete sums
+        self._record_tail = np.zeros(0)  # power of the samples after them
 
     @property
     def samples(self) -> int:
@@ -215,7 +218,13 @@ class LoudnessMeter:
         y, self._zi = signal.sosfilt(self._sos, y, axis=-1, zi=self._zi)
         if self._gain != 1.0:
             y = y * self._gain
-        self._pending = np.concatenate([self._pending, (self._gains * np.square(y)).sum(axis=0)])
+        power = (self._gains * np.square(y)).sum(axis=0)
+        self._pending = np.concatenate([self._pending, power])
+        if self.record:
+            joined = np.concatenate([self._record_tail, power])
+            whole = joined.size // self.record * self.record
+            self._recorded.append(joined[:whole].reshape(-1, self.record).sum(axis=1))
+            self._record_tail = joined[whole:]
         self._samples += y.shape[1]
         while True:
             lo, hi = self._bounds(self._next)
@@ -229,6 +238,13 @@ class LoudnessMeter:
 
     def _block_power(self, lo: int, hi: int) -> float:
         return float(self._pending[lo - self._start : hi - self._start].sum()) / self._block_len
+
+    @property
+    def recorded_powers(self) -> np.ndarray:
+        """With ``record = B``: the channel-weighted K-weighted power summed over each B samples
+        so far (the last sum over fewer), for estimates of what a gain curve does to the loudness."""
+        tail = [self._record_tail.sum(keepdims=True)] if self._record_tail.size else []
+        return np.concatenate([np.zeros(0), *self._recorded, *tail])
 
     @property
     def block_loudness(self) -> np.ndarray:

@@ -204,8 +204,12 @@ def limited_loudness(powers: np.ndarray, peaks_db: np.ndarray, gain_db: float, c
     reduction = np.zeros(powers.size)
     if math.isfinite(ceiling_db) and powers.size:
         required = np.maximum(0.0, gain_db + peaks_db - ceiling_db)
-        reach = lookahead_samples(sample_rate) + round(HOLD_MS * 1e-3 * sample_rate)
-        held = maximum_filter1d(required, max(1, round(reach / block)) + 1)
+        # held from the look-ahead before a peak to HOLD_MS after it, as the limiter holds
+        ahead = -(-lookahead_samples(sample_rate) // block)
+        after = round(HOLD_MS * 1e-3 * sample_rate / block)
+        centred = maximum_filter1d(required, ahead + after + 1)
+        shift = (ahead + after) // 2 - ahead  # held[i] = centred[i - shift]: the span [i - after, i + ahead]
+        held = centred[np.clip(np.arange(required.size) - shift, 0, required.size - 1)]
         alpha = math.exp(-block / (RELEASE_MS * 1e-3 * sample_rate))
         step, state = max(1, int(500 * (RELEASE_MS * 1e-3 * sample_rate) / block)), RELEASE_FLOOR_DB
         for a in range(0, held.size, step):

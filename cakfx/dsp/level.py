@@ -35,7 +35,8 @@ BS.1770, ``cakfx.dsp.loudness.integrated_loudness``; K-weighted RMS under 0.4 s)
 input's, within ±``MAX_GAIN_DB``; unity when either is silent (``-inf``). Nothing is scaled down
 for a peak: only where the gained output's true peak would exceed ``ceiling_db`` does a
 look-ahead limiter (``cakfx.dsp.limiter``: BS.1770 true-peak sidechain, so the ceiling holds on
-the true-peak meter; 5 ms look-ahead, 100 ms release, unity gain exactly away from the peaks)
+the true-peak meter; 5 ms look-ahead, 25 ms hold, 100 ms release, unity gain exactly away from
+the peaks)
 act, on the peaks alone. Limiting costs loudness (a model that brightens a hot mix's hats 20 dB
 leaves peaks 9 dB over the ceiling once matched: -3.5 LU), so where it would take more than
 ``DRIVE_TOLERANCE_LU`` the limiter is driven harder, as a mastering engineer raises a limiter's
@@ -338,7 +339,9 @@ class LevelStage:
 
     @property
     def measurement(self) -> dict | None:
-        """The fixed measurement (``gain_db``, ``limiting`` for ``"match"``), or None."""
+        """The fixed measurement, or None. ``"match"``: ``gain_db`` (the gain applied: the match
+        plus ``drive_db``), ``limiting``, ``drive_db`` and ``model_ceiling_db`` (the limiter's
+        ceiling for the model band when a high band passes outside it, else None)."""
         return None if self._fixed is None else dict(self._fixed)
 
     def reset(self) -> None:

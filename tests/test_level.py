@@ -362,3 +362,21 @@ def test_a_limiter_that_costs_loudness_is_driven_until_the_match_holds(music):
     quiet = LevelStage("match", ceiling_db=-1.0)
     quiet.apply(music, effect(music, 0.3), SR)
     assert quiet.last["drive_db"] == 0.0
+
+
+@pytest.mark.parametrize("hz", [40.0, 1000.0])
+def test_limiter_on_a_sine_6_db_over_holds_a_steady_gain(hz):
+    from cakfx.dsp.limiter import limit
+
+    t = np.arange(3 * SR) / SR
+    x = np.repeat((10 ** (5 / 20) * np.sin(2 * np.pi * hz * t))[None], 2, 0).astype(np.float32)
+    y = limit(x, -1.0, SR)
+    assert true_peak_db(y) <= -1.0
+    settled = y[0, SR // 2 :].astype(np.float64)
+    spec = np.abs(np.fft.rfft(settled * np.kaiser(settled.size, 20.0))) ** 2
+    f = np.fft.rfftfreq(settled.size, 1 / SR)
+    # energy away from the tone: -136 dB at 40 Hz (the 25 ms hold spans its half cycle), -150 at 1 kHz
+    assert 10 * np.log10(spec[np.abs(f - hz) > 20].sum() / spec.sum()) < -120
+    # the gain comes down over the look-ahead before the onset, smoothly: no step
+    gain_db = 20 * np.log10(np.abs(y[0, 1:SR // 4]) / np.abs(x[0, 1:SR // 4]))
+    assert np.abs(np.diff(gain_db)).max() < 0.1

@@ -34,15 +34,24 @@ Modes
 BS.1770, ``cakfx.dsp.loudness.integrated_loudness``; K-weighted RMS under 0.4 s) equals the
 input's, within ±``MAX_GAIN_DB``; unity when either is silent (``-inf``). Nothing is scaled down
 for a peak: only where the gained output's true peak would exceed ``ceiling_db`` does a
-look-ahead brick-wall limiter (``pedalboard.BrickwallLimiter``, true-peak sidechain, 5 ms
-look-ahead, 100 ms release) act, on the peaks alone.
+look-ahead limiter (``cakfx.dsp.limiter``: BS.1770 true-peak sidechain, so the ceiling holds on
+the true-peak meter; 5 ms look-ahead, 25 ms hold, 100 ms release, unity gain exactly away from
+the peaks)
+act, on the peaks alone. Limiting costs loudness (a model that brightens a hot mix's hats 20 dB
+leaves peaks 9 dB over the ceiling once matched: -3.5 LU), so where it would take more than
+``DRIVE_TOLERANCE_LU`` the limiter is driven harder, as a mastering engineer raises a limiter's
+input until the target loudness is met (to within that tolerance): the extra gain
+(``limiter_drive_db``, at most ``MAX_DRIVE_DB``) is found from the output's per-64-sample
+K-weighted power and peaks, which the measuring pass records, by estimating the limited
+loudness (``cakfx.dsp.limiter.limited_loudness``).
 
 A node whose model runs at 44.1 kHz passes the band above it through (``cakfx.dsp.resample``'s
 ``band_split`` / ``HighBand``) and gives that band to the stage as ``high``: the gain then acts on
 the model band alone (``y_raw - high``, matched against ``x - high``) and ``high`` is added back
 after it, so a 96 kHz file's 22-48 kHz content is not moved by the loudness match; the limiter
-sees the sum (its decision takes the bound ``gain·peak(model band) + peak(high)``, which a stream
-can measure before the gain is known).
+keeps out of it too: it acts on the model band with the ceiling lowered by ``high``'s true peak, so
+the sum holds the ceiling (its decision takes the bound ``gain·peak(model band) + peak(high)``,
+which a stream can measure before the gain is known).
 
 ``"original"``: the published pipelines' level stages, for fidelity tests against them.
 ``original="texture"``: per channel, gain ``rms(x) / rms(y)`` clipped to 0.1…10, then
@@ -57,8 +66,8 @@ Offline and streaming
 ``apply(x, y_raw, sr)`` measures the whole signals (any fixed measurement is ignored) and returns
 output aligned with the input. ``stream(x_block, y_raw_block, sr)`` returns a block of the same
 length, delayed by ``latency_samples(sr)``: for ``"match"`` the limiter's look-ahead plus its
-block buffering (343 samples at 44.1 kHz, 363 at 48 kHz, 603 at 96 kHz), constant whether or not the limiter
-acts; 0 for the other modes.
+true-peak filter's span (236 samples at 44.1 kHz, 256 at 48 kHz, 496 at 96 kHz), constant whether or
+not the limiter acts; 0 for the other modes.
 
 With a fixed measurement (``begin_measure()``, stream every block, ``end_measure()``; then
 ``reset()`` and stream again) ``stream`` reproduces ``apply`` delayed by the latency, to float
@@ -81,11 +90,11 @@ True
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 
+from cakfx.dsp.limiter import BlockPeaks, TruePeakLimiter, limit, limited_loudness, limiter_latency
 from cakfx.dsp.loudness import LoudnessMeter, PeakMeter, integrated_loudness, true_peak_db, true_peak_exceeds
 from cakfx.dsp.resample import DelayLine
 
@@ -94,80 +103,19 @@ ORIGINALS = ("texture", "grain")
 CEILING_RANGE = (-24.0, 0.0)
 MAX_GAIN_DB = 24.0  # a loudness match never moves the output more than this
 LIVE_SMOOTHING_S = 0.3  # time constant of the live gain
-LIMITER_BLOCK = 64  # the limiter is fed fixed blocks: pedalboard's output then equals its offline run
 TEXTURE_GAIN_LIMITS = (0.1, 10.0)
 GRAIN_GAIN_LIMITS = (0.01, 100.0)
 GRAIN_PEAK = 0.95
-TRUE_PEAK_MARGIN_DB = 0.3  # the limiter aims this far under ceiling_db (see _limiter)
-
-
-def _limiter(ceiling_db: float):
-    from pedalboard import BrickwallLimiter
-
-    # pedalboard's true-peak sidechain reads up to 0.26 dB under BS.1770's 4x meter (measured on
-    # bench/quality.py's corpus: -0.74 dBTP out of a -1 dBTP ceiling); the margin makes it hold
-    return BrickwallLimiter(ceiling_db=ceiling_db - TRUE_PEAK_MARGIN_DB, release_ms=100.0, lookahead_ms=5.0,
-                            true_peak=True)
-
-
-@functools.cache
-def _limiter_withheld(sample_rate: int) -> int:
-    """Samples pedalboard's limiter holds back in streaming (``reset=False``) use: it returns
-    fewer samples than it is given until its look-ahead is full, then as many as it is given
-    (280 at 44.1 kHz with the true-peak sidechain; the same for any channel count)."""
-    limiter = _limiter(-1.0)
-    zeros = np.zeros((1, LIMITER_BLOCK), np.float32)
-    fed = produced = 0
-    while fed < sample_rate // 10:  # well past the 5 ms look-ahead and the oversampler
-        produced += limiter.process(zeros, sample_rate, buffer_size=LIMITER_BLOCK, reset=False).shape[-1]
-        fed += LIMITER_BLOCK
-    return fed - produced
-
-
-def limiter_latency(sample_rate: float) -> int:
-    """Latency of the streamed limiter: pedalboard's look-ahead plus the block buffering."""
-    return LIMITER_BLOCK - 1 + _limiter_withheld(int(round(sample_rate)))
-
-
-class _StreamLimiter:
-    """``pedalboard.BrickwallLimiter`` fed fixed ``LIMITER_BLOCK``-sample blocks, its output delayed
-    to a constant ``latency``: the offline (``reset=True``, latency-compensated) result delayed.
-
-    How pedalboard handles the look-ahead (measured, 0.9.26): with ``reset=True`` it compensates
-    it (output aligned with the input, same length); with ``reset=False`` it withholds the first
-    look-ahead samples (returns fewer samples than given, then as many) so what comes out is the
-    offline output, just late, and the last samples only come with later input. Fed fixed blocks
-    of 32 samples or more, the concatenated stream equals the offline output bit for bit; fed
-    1-sample blocks it does not. Hence the fixed blocks here and a constant delay on top.
-    """
-
-    def __init__(self, ceiling_db: float, sample_rate: int, channels: int) -> None:
-        self.sample_rate, self.channels = sample_rate, channels
-        self.limiter = _limiter(ceiling_db)
-        self.latency = limiter_latency(sample_rate)
-        self._pending = np.zeros((channels, 0), np.float32)  # input not yet a whole block
-        self._ready = np.zeros((channels, self.latency), np.float32)  # output not yet returned
-
-    def process(self, block: np.ndarray) -> np.ndarray:
-        n = block.shape[1]
-        self._pending = np.concatenate([self._pending, block.astype(np.float32, copy=False)], axis=1)
-        whole = self._pending.shape[1] // LIMITER_BLOCK * LIMITER_BLOCK
-        pieces = [self._ready]
-        if whole:  # one call: pedalboard splits it into LIMITER_BLOCK buffers itself, bit for bit
-            # what a call per block gives, without a Python call per 64 samples (2.4x the offline
-            # limiter's time on a 60 s file; now the same)
-            y = self.limiter.process(self._pending[:, :whole], self.sample_rate,
-                                     buffer_size=LIMITER_BLOCK, reset=False)
-            if y.ndim == 2 and y.shape[-1]:
-                pieces.append(y.reshape(self.channels, -1))
-        self._pending = self._pending[:, whole:]
-        ready = np.concatenate(pieces, axis=1)
-        if ready.shape[1] < n:  # cannot happen: the latency covers the buffering and look-ahead
-            raise RuntimeError(f"limiter stream: {n} samples asked, {ready.shape[1]} ready")
-        self._ready = ready[:, n:]
-        return ready[:, :n]
-
-
+DRIVE_BLOCK = 64  # samples per block of the envelope the limiter's drive is estimated from
+MAX_DRIVE_DB = 6.0  # the most the limiter is driven to make up what it takes
+# a limiter that takes less than this is not driven, and one that takes more is driven only until
+# it takes this much: each dB of drive squashes transients, and a loss this small is not heard as a
+# level change (texture-subtle's median spectral change went 1.20 -> 1.67 dB driving to 0.05 LU)
+DRIVE_TOLERANCE_LU = 0.5
+# nor driven more than this many dB per LU it takes: where the drive buys little back (a one-shot
+# whose attack is all its loudness; the estimate also reads low there: a kick +0.7 LU over at 6 dB)
+# squashing it further is not worth the loudness
+DRIVE_PER_LOSS = 2.0
 def _to_numpy(a) -> tuple[np.ndarray, object]:
     if hasattr(a, "detach"):
         import torch
@@ -193,6 +141,51 @@ def _model_band(x: np.ndarray, y: np.ndarray, high) -> tuple[np.ndarray, np.ndar
         return x, y, None
     h = np.nan_to_num(np.asarray(_to_numpy(high)[0], dtype=y.dtype), nan=0.0, posinf=0.0, neginf=0.0)
     return x - h.astype(x.dtype, copy=False), y - h, h
+
+
+def _measured(y: np.ndarray, sample_rate: float) -> LoudnessMeter:
+    """A loudness meter that has heard ``y`` and kept its envelope for the limiter's drive."""
+    meter = LoudnessMeter(sample_rate, y.shape[0], record=DRIVE_BLOCK)
+    for a in range(0, max(y.shape[-1], 1), 1 << 16):
+        meter.process(y[:, a : a + (1 << 16)])
+    return meter
+
+
+def limiter_drive_db(powers: np.ndarray, peaks_db: np.ndarray, gain_db: float, ceiling_db: float,
+                     sample_rate: float) -> float:
+    """Extra gain into the limiter so its output keeps the matched loudness: what a mastering
+    engineer does, raising a limiter's input until the target is met (0…``MAX_DRIVE_DB``).
+
+    ``powers``/``peaks_db``: the model band's K-weighted power and sample peak per ``DRIVE_BLOCK``
+    samples, before ``gain_db``; the loudness after limiting is estimated from them
+    (``cakfx.dsp.limiter.limited_loudness``) and the drive found by bisection. A limiter that
+    takes under ``DRIVE_TOLERANCE_LU`` is not driven, one that takes more is driven until it takes
+    that much, and none is driven by more than ``DRIVE_PER_LOSS`` dB per LU it takes undriven.
+    """
+    def shortfall(drive: float) -> float:
+        estimate = limited_loudness(powers, peaks_db, gain_db + drive, ceiling_db, sample_rate, DRIVE_BLOCK)
+        return estimate - (target - DRIVE_TOLERANCE_LU)
+
+    target = limited_loudness(powers, peaks_db, gain_db, math.inf, sample_rate, DRIVE_BLOCK)
+    loss = DRIVE_TOLERANCE_LU - shortfall(0.0) if math.isfinite(target) else 0.0
+    if loss <= DRIVE_TOLERANCE_LU:
+        return 0.0
+    most = min(MAX_DRIVE_DB, DRIVE_PER_LOSS * loss)
+    if shortfall(most) <= 0.0:
+        return most
+    low, high = 0.0, most
+    for _ in range(12):  # to 0.0015 dB
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if shortfall(mid) < 0.0 else (low, mid)
+    return 0.5 * (low + high)
+
+
+def _model_ceiling_db(ceiling_db: float, high_peak_db: float) -> float | None:
+    """The ceiling left to the model band when the band above it passes through untouched, even
+    by the limiter (``gain·model + high`` then cannot exceed ``ceiling_db``); None where the high
+    band takes (nearly) all of it: the limiter then acts on the sum."""
+    room = _db_to_gain(ceiling_db) - _db_to_gain(high_peak_db)
+    return 20.0 * math.log10(room) if room > _db_to_gain(CEILING_RANGE[0]) else None
 
 
 def _peak_bound_db(gain_db: float, model_peak_db: float, high_peak_db: float = -math.inf) -> float:
@@ -239,7 +232,7 @@ class LevelStage:
 
         ``high``: the input's band above the model's (``cakfx.dsp.resample.band_split``), which
         ``y_raw`` carries unchanged; ``"match"`` then levels only the model band (``y_raw - high``
-        against ``x - high``) and adds ``high`` back untouched before the limiter.
+        against ``x - high``) and adds ``high`` back untouched, also by the limiter.
         """
         xa, _ = _to_numpy(x)
         ya, back = _to_numpy(y_raw)
@@ -251,20 +244,30 @@ class LevelStage:
             gains, scale = self._original_gains(_rms(xa, -1), _rms(ya, -1), peak)
             return back(self._original_apply(ya, gains, scale))
         xa, ya, ha = _model_band(xa, ya, high)
-        loudness_in, loudness_out = integrated_loudness(xa, sample_rate), integrated_loudness(ya, sample_rate)
-        gain_db = self._match_gain_db(loudness_in, loudness_out)
+        meter = _measured(ya, sample_rate)
+        gain_db = self._match_gain_db(integrated_loudness(xa, sample_rate), meter.loudness)
         out = ya * np.asarray(_db_to_gain(gain_db), dtype=ya.dtype)
         if ha is None:
             limiting = true_peak_exceeds(out, self.ceiling_db)
         else:
             # the bound a stream can measure too, so offline and streamed renders decide alike
-            out = out + ha
             limiting = _peak_bound_db(gain_db, true_peak_db(ya), true_peak_db(ha)) > self.ceiling_db
+        drive = 0.0
         if limiting:
-            # reset=True: pedalboard compensates the look-ahead, the output is aligned
-            limited = _limiter(self.ceiling_db).process(out.astype(np.float32), sample_rate, reset=True)
-            out = limited.astype(ya.dtype, copy=False)
-        self.last = {"gain_db": gain_db, "limiting": bool(limiting)}
+            peaks = BlockPeaks(DRIVE_BLOCK)
+            peaks.process(ya)
+            drive = limiter_drive_db(meter.recorded_powers, peaks.peaks_db, gain_db, self.ceiling_db,
+                                     sample_rate)
+            if drive:
+                out = ya * np.asarray(_db_to_gain(gain_db + drive), dtype=ya.dtype)
+        model_ceiling = None if ha is None else _model_ceiling_db(self.ceiling_db, true_peak_db(ha))
+        if limiting and model_ceiling is not None:  # the high band stays out of the limiter
+            out = limit(out, model_ceiling, sample_rate).astype(ya.dtype, copy=False)
+        if ha is not None:
+            out = out + ha
+        if limiting and model_ceiling is None:
+            out = limit(out, self.ceiling_db, sample_rate).astype(ya.dtype, copy=False)
+        self.last = {"gain_db": gain_db + drive, "limiting": bool(limiting), "drive_db": drive}
         return back(out)
 
     @staticmethod
@@ -319,8 +322,12 @@ class LevelStage:
         elif self.mode == "match":
             gain_db = self._match_gain_db(m["in"].loudness, m["out"].loudness)
             high_peak = m["peak_high"].true_peak_db if "peak_high" in m else -math.inf
-            bound = _peak_bound_db(gain_db, m["peak"].true_peak_db, high_peak)
-            self._fixed = {"gain_db": gain_db, "limiting": bound > self.ceiling_db}
+            limiting = _peak_bound_db(gain_db, m["peak"].true_peak_db, high_peak) > self.ceiling_db
+            drive = limiter_drive_db(m["out"].recorded_powers, m["blocks"].peaks_db, gain_db, self.ceiling_db,
+                                     m["out"].sample_rate) if limiting else 0.0
+            self._fixed = {"gain_db": gain_db + drive, "limiting": limiting, "drive_db": drive,
+                           "model_ceiling_db": None if "peak_high" not in m else
+                           _model_ceiling_db(self.ceiling_db, high_peak)}
         else:
             n = max(m["n"], 1)
             gains, scale = self._original_gains(np.sqrt(m["sq_in"] / n), np.sqrt(m["sq_out"] / n),
@@ -336,7 +343,9 @@ class LevelStage:
 
     @property
     def measurement(self) -> dict | None:
-        """The fixed measurement (``gain_db``, ``limiting`` for ``"match"``), or None."""
+        """The fixed measurement, or None. ``"match"``: ``gain_db`` (the gain applied: the match
+        plus ``drive_db``), ``limiting``, ``drive_db`` and ``model_ceiling_db`` (the limiter's
+        ceiling for the model band when a high band passes outside it, else None)."""
         return None if self._fixed is None else dict(self._fixed)
 
     def reset(self) -> None:
@@ -372,6 +381,8 @@ class LevelStage:
         if self._fixed is not None:
             out = ya * np.float32(_db_to_gain(self._fixed["gain_db"]))
             stage = state["limiter"] if self._fixed["limiting"] else state["delay"]
+            if ha is not None and "high_delay" in state and self._fixed["limiting"]:  # high band kept out
+                return back(stage.process(out) + state["high_delay"].process(ha))
         else:
             out, stage = self._live_gain(xa, ya, state), state["limiter"]
         return back(stage.process(out if ha is None else out + ha))
@@ -379,7 +390,11 @@ class LevelStage:
     def _new_state(self, sr: int, channels: int, in_channels: int) -> dict:
         state = {"shape": (sr, channels, in_channels), "sr": sr}
         if self.mode == "match":
-            state["limiter"] = _StreamLimiter(self.ceiling_db, sr, channels)
+            model_ceiling = (self._fixed or {}).get("model_ceiling_db")
+            state["limiter"] = TruePeakLimiter(self.ceiling_db if model_ceiling is None else model_ceiling,
+                                               sr, channels)
+            if model_ceiling is not None:
+                state["high_delay"] = DelayLine(channels, state["limiter"].latency)
             state["delay"] = DelayLine(channels, state["limiter"].latency)
             state["in"] = LoudnessMeter(sr, in_channels)
             state["out"] = LoudnessMeter(sr, channels)
@@ -393,14 +408,16 @@ class LevelStage:
         if not m:
             channels = y.shape[0]
             if self.mode == "match":
-                m.update({"in": LoudnessMeter(sr, x.shape[0]), "out": LoudnessMeter(sr, channels),
-                          "peak": PeakMeter(channels)})
+                m.update({"in": LoudnessMeter(sr, x.shape[0]),
+                          "out": LoudnessMeter(sr, channels, record=DRIVE_BLOCK),
+                          "peak": PeakMeter(channels), "blocks": BlockPeaks(DRIVE_BLOCK)})
             else:
                 m.update(n=0, sq_in=np.zeros(x.shape[0]), sq_out=np.zeros(channels), peak_out=0.0)
         if self.mode == "match":
             m["in"].process(x)
             m["out"].process(y)
             m["peak"].process(y)
+            m["blocks"].process(y)
             if high is not None:
                 m.setdefault("peak_high", PeakMeter(high.shape[0])).process(high)
         else:

@@ -1,0 +1,233 @@
+"""A look-ahead true-peak limiter in vectorised numpy: the ceiling holds in BS.1770 true peak.
+
+``TruePeakLimiter(ceiling_db, sample_rate, channels)`` streams: ``process`` takes blocks of any
+size and returns as many samples, delayed by ``latency`` (look-ahead + 16 samples); ``limit``
+is the offline form (aligned output). Streaming equals offline, delayed, to float rounding.
+
+The gain (one for all channels) is computed in dB from a sidechain:
+
+1. required reduction ``a[m] = max(0, peak(m) / ceiling in dB)``, where ``peak(m)`` is the sample
+   magnitude and the 4x oversampled magnitudes of the BS.1770-4 true-peak filter within half a
+   sample of ``m`` (``cakfx.dsp.loudness``'s filter, so its meter reads what the limiter saw);
+   stretches that cannot reach the ceiling are not oversampled at all;
+2. hold: the largest ``a`` over the look-ahead window plus the filter's half span either side,
+   and over ``hold_ms`` after (so a low sine's gain does not ripple between its peaks);
+3. release: ``d[n] = max(hold[n], alpha·d[n-1] - floor·(1 - alpha))`` -- exponential in dB with
+   time constant ``release_ms``, aimed ``RELEASE_FLOOR_DB`` below zero so it reaches unity gain
+   in finite time (vectorised with a running maximum);
+4. attack: two box filters whose lengths add up to the look-ahead (a triangular kernel: an
+   S-shaped fade in dB that is fully down before the peak and stays down across the oversampling
+   filter's span around it).
+
+Where nothing is near the ceiling the gain is exactly 1 (the output is the input, delayed).
+
+>>> import numpy as np
+>>> from cakfx.dsp.loudness import true_peak_db
+>>> sr = 44100
+>>> x = np.random.default_rng(0).normal(0, 0.5, (2, sr)).astype(np.float32)
+>>> y = limit(x, -1.0, sr)
+>>> y.shape == x.shape and true_peak_db(y) <= -1.0
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.ndimage import maximum_filter1d
+
+from cakfx.dsp.loudness import _TRUE_PEAK_FIR, OVERSAMPLE, TAPS_PER_PHASE, oversampled_magnitude
+
+LOOKAHEAD_MS = 5.0
+RELEASE_MS = 100.0
+HOLD_MS = 25.0  # a reduction is held this long after its peak: a 20 Hz cycle's gain does not ripple
+RELEASE_FLOOR_DB = 0.1  # the release aims this far below 0 dB: it ends at unity, not near it
+ROUNDING_DB = 0.001  # aimed this far under the ceiling: float32 output and sidechain round
+HALF_SPAN = TAPS_PER_PHASE // 2  # the true-peak filter's reach either side of a sample
+CHUNK = 1 << 15  # samples per internal step (bounds memory and alpha ** -k)
+# window[r] * _TAPS[r, p], summed over r, is phase p of the oversampled signal at the window's last sample
+_TAPS = np.array([[_TRUE_PEAK_FIR[p + OVERSAMPLE * (TAPS_PER_PHASE - 1 - r)] for p in range(OVERSAMPLE)]
+                  for r in range(TAPS_PER_PHASE)])
+# |oversampled value at a window's last sample| <= this weighted sum of the window's magnitudes
+_REACH = (np.abs(_TAPS).max(axis=1) * (1 + 1e-6))[::-1].copy()
+
+
+def lookahead_samples(sample_rate: float, lookahead_ms: float = LOOKAHEAD_MS) -> int:
+    """The look-ahead in samples (even, at least 2)."""
+    return max(2, 2 * round(lookahead_ms * 1e-3 * sample_rate / 2))
+
+
+def limiter_latency(sample_rate: float, lookahead_ms: float = LOOKAHEAD_MS) -> int:
+    """Delay of ``TruePeakLimiter.process``: the look-ahead plus the true-peak filter's span."""
+    return lookahead_samples(sample_rate, lookahead_ms) + 2 * HALF_SPAN
+
+
+class TruePeakLimiter:
+    """Streaming look-ahead limiter holding ``ceiling_db`` in true peak (see the module docstring)."""
+
+    def __init__(self, ceiling_db: float, sample_rate: float, channels: int,
+                 lookahead_ms: float = LOOKAHEAD_MS, release_ms: float = RELEASE_MS,
+                 hold_ms: float = HOLD_MS) -> None:
+        self.ceiling_db, self.channels = float(ceiling_db), int(channels)
+        self.ceiling = 10.0 ** ((self.ceiling_db - ROUNDING_DB) / 20.0)
+        self.lookahead = lookahead_samples(sample_rate, lookahead_ms)
+        self.latency = self.lookahead + 2 * HALF_SPAN
+        # odd: the look-ahead and the filter span either side, then held for hold_ms after
+        self._hold = self.lookahead + 2 * HALF_SPAN + 1 + 2 * round(hold_ms * 1e-3 * sample_rate / 2)
+        self._boxes = (self.lookahead // 2 + 1, self.lookahead - self.lookahead // 2 + 1)
+        release = max(release_ms * 1e-3 * sample_rate, 1.0)
+        self._alpha = math.exp(-1.0 / release)
+        self._step = int(min(CHUNK, 500 * release))  # alpha ** -step stays far from overflow
+        self.reset()
+
+    def __repr__(self) -> str:
+        return f"TruePeakLimiter(ceiling_db={self.ceiling_db:g}, latency={self.latency})"
+
+    def reset(self) -> None:
+        """Forget the signal so far (as if it had been silence)."""
+        self._x = np.zeros((self.channels, 2 * HALF_SPAN))  # input the sidechain still needs
+        self._a = np.zeros(self._hold - 1)  # required reduction the hold window still needs
+        self._e = RELEASE_FLOOR_DB  # release state: d + floor
+        self._d = [np.zeros(b - 1) for b in self._boxes]  # inputs the box filters still need
+        self._delay = np.zeros((self.channels, self.latency))
+        self.reduction_db = 0.0  # the largest gain reduction applied so far (for reports)
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """The next ``(C, n)`` block; returns ``n`` samples delayed by ``latency``."""
+        block = np.asarray(block)
+        if block.shape[-1] == 0:
+            return block.copy()
+        if block.shape[-1] > self._step:
+            return np.concatenate([self.process(block[:, a : a + self._step])
+                                   for a in range(0, block.shape[-1], self._step)], axis=1)
+        gain_db = self._smooth(self._release(self._held(self._required(block))))
+        joined = np.concatenate([self._delay, block.astype(self._delay.dtype, copy=False)], axis=1)
+        out, self._delay = joined[:, : block.shape[-1]], joined[:, block.shape[-1] :]
+        if not gain_db.any():
+            return out.astype(block.dtype, copy=False)
+        self.reduction_db = max(self.reduction_db, float(gain_db.max()))
+        gain = 10.0 ** (-gain_db / 20.0)
+        return (out * gain.astype(out.dtype)).astype(block.dtype, copy=False)
+
+    def _required(self, block: np.ndarray) -> np.ndarray:
+        """dB over the ceiling around each sample, ``HALF_SPAN`` samples behind the newest input."""
+        xs = np.concatenate([self._x, block], axis=1)
+        self._x = xs[:, xs.shape[1] - 2 * HALF_SPAN :]
+        n = block.shape[-1]
+        magnitude = np.abs(xs).max(axis=0)
+        # oversampled values at xs[15 + k] (k = 0..n) lie 7.125-7.875 samples back: around
+        # xs[8 + k] they are those of k and k + 1; only those a bound puts near the ceiling are computed
+        reach = np.convolve(magnitude, _REACH, "valid")
+        peak = magnitude[HALF_SPAN : HALF_SPAN + n]
+        if (reach > self.ceiling).any():
+            # float32: 1e-7 of a peak is far below any ceiling's precision, and twice as fast
+            oversampled = oversampled_magnitude(xs, "float32").max(axis=0).astype(np.float64)
+            peak = np.maximum(peak, np.maximum(oversampled[:-1], oversampled[1:]))
+        over = peak > self.ceiling
+        required = np.zeros(n)
+        required[over] = 20.0 * np.log10(peak[over] / self.ceiling)
+        return required
+
+    def _held(self, required: np.ndarray) -> np.ndarray:
+        """The largest requirement over the look-ahead and the filter span either side."""
+        joined = np.concatenate([self._a, required])
+        self._a = joined[required.size :]
+        if not joined.any():
+            return np.zeros(required.size)
+        half = self._hold // 2
+        return maximum_filter1d(joined, self._hold)[half : half + required.size]
+
+    def _release(self, held: np.ndarray) -> np.ndarray:
+        d, self._e = release_curve(held, self._alpha, self._e)
+        return d
+
+    def _smooth(self, d: np.ndarray) -> np.ndarray:
+        for i, length in enumerate(self._boxes):
+            joined = np.concatenate([self._d[i], d])
+            self._d[i] = joined[d.size :]
+            if not joined.any():
+                d = np.zeros(d.size)
+                continue
+            sums = np.concatenate([[0.0], np.cumsum(joined)])
+            d = (sums[length:] - sums[:-length]) / length
+            d[d < 1e-9] = 0.0
+        return d
+
+
+def release_curve(held: np.ndarray, alpha: float,
+                  state: float = RELEASE_FLOOR_DB) -> tuple[np.ndarray, float]:
+    """``d[n] = max(held[n], alpha·d[n-1] - floor·(1 - alpha))`` (dB, ``held >= 0``) and the state
+    to carry to the next block (``d + floor``, ``RELEASE_FLOOR_DB`` at rest), vectorised through
+    ``e = d + floor``: ``e[n] = max(held[n] + floor, alpha·e[n-1])`` is a running maximum of
+    ``(held + floor)·alpha^-k`` times ``alpha^k``. ``held`` no longer than ``500/-ln(alpha)``."""
+    floor = RELEASE_FLOOR_DB
+    if not held.any() and state == floor:
+        return held, state
+    decay = alpha ** np.arange(1, held.size + 1)
+    e = decay * np.maximum.accumulate(np.maximum((held + floor) / decay, state))
+    e[0] = max(held[0] + floor, alpha * state)  # the first sample exactly
+    d = e - floor
+    d[d < 1e-9] = 0.0  # rounding left over from the decay: unity gain exactly
+    return d, (float(d[-1] + floor) if d[-1] > 0 else floor)
+
+
+class BlockPeaks:
+    """Streaming sample peak (over channels, dB) of every ``block`` samples: with a
+    ``LoudnessMeter(record=block)`` what ``limited_loudness`` estimates from."""
+
+    def __init__(self, block: int) -> None:
+        self.block, self._peaks, self._tail = int(block), [], np.zeros(0)
+
+    def process(self, audio: np.ndarray) -> None:
+        joined = np.concatenate([self._tail, np.abs(np.asarray(audio, np.float64)).max(axis=0, initial=0.0)])
+        whole = joined.size // self.block * self.block
+        self._peaks.append(joined[:whole].reshape(-1, self.block).max(axis=1))
+        self._tail = joined[whole:]
+
+    @property
+    def peaks_db(self) -> np.ndarray:
+        tail = [self._tail.max(keepdims=True)] if self._tail.size else []
+        peaks = np.concatenate([np.zeros(0), *self._peaks, *tail])
+        with np.errstate(divide="ignore"):
+            return 20.0 * np.log10(peaks)
+
+
+def limited_loudness(powers: np.ndarray, peaks_db: np.ndarray, gain_db: float, ceiling_db: float,
+                     sample_rate: float, block: int) -> float:
+    """Estimated integrated loudness (LUFS) of ``gain_db`` applied and then this limiter, from
+    per-``block`` K-weighted power sums and sample peaks of the signal before the gain (the gain
+    computer run on the blocks: held, released; BS.1770's 400 ms blocks and gates on the sums).
+    ``ceiling_db = inf``: the gain alone. Within 0.1 LU of the real limiter's on a hot mix."""
+    from cakfx.dsp.loudness import gated_loudness
+
+    reduction = np.zeros(powers.size)
+    if math.isfinite(ceiling_db) and powers.size:
+        required = np.maximum(0.0, gain_db + peaks_db - ceiling_db)
+        # held from the look-ahead before a peak to HOLD_MS after it, as the limiter holds
+        ahead = -(-lookahead_samples(sample_rate) // block)
+        after = round(HOLD_MS * 1e-3 * sample_rate / block)
+        centred = maximum_filter1d(required, ahead + after + 1)
+        shift = (ahead + after) // 2 - ahead  # held[i] = centred[i - shift]: the span [i - after, i + ahead]
+        held = centred[np.clip(np.arange(required.size) - shift, 0, required.size - 1)]
+        alpha = math.exp(-block / (RELEASE_MS * 1e-3 * sample_rate))
+        step, state = max(1, int(500 * (RELEASE_MS * 1e-3 * sample_rate) / block)), RELEASE_FLOOR_DB
+        for a in range(0, held.size, step):
+            reduction[a : a + step], state = release_curve(held[a : a + step], alpha, state)
+    limited = powers * 10.0 ** ((gain_db - reduction) / 10.0)
+    per_sub = 0.1 * sample_rate / block  # BS.1770's 100 ms steps, in blocks
+    edges = np.round(np.arange(int(limited.size / per_sub) + 1) * per_sub).astype(int)
+    if edges.size < 5:  # under 400 ms: the mean square, as the meter does
+        return -0.691 + 10.0 * math.log10(max(float(limited.sum()) / (limited.size * block), 1e-300))
+    sums = np.diff(np.concatenate([[0.0], np.cumsum(limited)])[edges])
+    windows = sums[:-3] + sums[1:-2] + sums[2:-1] + sums[3:]
+    return gated_loudness(windows / (0.4 * sample_rate))
+
+
+def limit(audio: np.ndarray, ceiling_db: float, sample_rate: float, **kwargs) -> np.ndarray:
+    """``audio`` (``(C, N)``) limited to ``ceiling_db`` true peak, aligned with the input."""
+    audio = np.asarray(audio)
+    limiter = TruePeakLimiter(ceiling_db, sample_rate, audio.shape[0], **kwargs)
+    tail = np.zeros((audio.shape[0], limiter.latency), audio.dtype)
+    out = np.concatenate([limiter.process(audio), limiter.process(tail)], axis=1)
+    return out[:, limiter.latency :]

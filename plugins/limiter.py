@@ -26,6 +26,8 @@ Offline (`reset=True`, the default) the output is aligned with the input. Stream
 (`reset=False`) any block sizes give the offline output delayed by `latency_samples(sr)`: the
 look-ahead plus 16 samples (236 samples, 5.4 ms, at 44.1 kHz with the defaults); chains
 compensate it like any node's. A change of sample rate or channel count starts a new stream.
+Setting `ceiling_db` or `release_ms` mid-stream takes effect from the next block; a new
+`lookahead_ms` (a new latency) starts the stream again.
 
 Example:
 
@@ -72,9 +74,13 @@ class Limiter(EffectNode):
                          lookahead_ms=self.lookahead_ms, release_ms=self.release_ms)
 
     def stream_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
-        if self._stream is None:  # settings changed since are taken at the next reset, as a stream's
-            self._stream = self._limiter(sample_rate, audio.shape[0])
-        return self._stream.process(audio)
+        stream = self._stream
+        if stream is None or stream.lookahead != dsp.lookahead_samples(sample_rate, self.lookahead_ms):
+            # a new look-ahead is a new latency: the stream starts again, as after reset()
+            stream = self._stream = self._limiter(sample_rate, audio.shape[0])
+        elif (stream.ceiling_db, stream.release_ms) != (self.ceiling_db, self.release_ms):
+            stream.retune(self.ceiling_db, self.release_ms)  # live, from this block on, as pedalboard's
+        return stream.process(audio)
 
     def latency_samples(self, sample_rate: float) -> int:
         return dsp.limiter_latency(sample_rate, self.lookahead_ms)

@@ -95,6 +95,21 @@ def test_a_new_format_starts_a_new_stream(music):
     np.testing.assert_allclose(out[:, node.latency_samples(48000) :], node(mono, 48000), atol=1e-6)
 
 
+def test_settings_change_mid_stream_from_the_next_block(music):
+    loud = 4.0 * music
+    node, half = Limiter(ceiling_db=-1.0), loud.shape[1] // 2
+    first = node(loud[:, :half], SR, reset=False)
+    node.ceiling_db, node.release_ms = -6.0, 40.0
+    second = node(loud[:, half:], SR, reset=False)
+    latency = node.latency_samples(SR)
+    assert true_peak_db(first[:, latency:]) <= -1.0 < true_peak_db(first[:, latency:]) + 0.5
+    settled = second[:, latency + SR // 10 :]  # after the new ceiling's attack reaches the output
+    assert true_peak_db(settled) <= -6.0 < true_peak_db(settled) + 0.5
+    node.lookahead_ms = 2.0  # a new latency: a new stream
+    out = streamed(node, loud, SR, [4096] * 100)
+    np.testing.assert_allclose(out[:, node.latency_samples(SR) :], node(loud, SR), atol=1e-6)
+
+
 def test_in_a_chain_with_pedalboard_effects(music):
     chain = cakfx.Chain([
         pedalboard.Gain(gain_db=9.0),

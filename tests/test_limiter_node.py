@@ -110,6 +110,17 @@ def test_settings_change_mid_stream_from_the_next_block(music):
     np.testing.assert_allclose(out[:, node.latency_samples(SR) :], node(loud, SR), atol=1e-6)
 
 
+def test_a_non_finite_sample_stays_where_it_is(music):
+    # the writers refuse non-finite output with one line; the limiter must not spread it
+    # (an infinite reduction would silence or NaN the rest of a stream)
+    x = 4.0 * music
+    x[0, 10_000], x[1, 50_000] = np.inf, np.nan
+    latency = Limiter().latency_samples(SR)
+    for out in (Limiter()(x, SR), streamed(Limiter(), x, SR, [4096] * 100)[:, latency:]):
+        np.testing.assert_array_equal(np.isfinite(out), np.isfinite(x))
+        assert true_peak_db(out[:, 60_000:]) <= -1.0
+
+
 def test_in_a_chain_with_pedalboard_effects(music):
     chain = cakfx.Chain([
         pedalboard.Gain(gain_db=9.0),

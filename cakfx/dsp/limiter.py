@@ -130,7 +130,7 @@ class TruePeakLimiter:
             # float32: 1e-7 of a peak is far below any ceiling's precision, and twice as fast
             oversampled = oversampled_magnitude(xs, "float32").max(axis=0).astype(np.float64)
             peak = np.maximum(peak, np.maximum(oversampled[:-1], oversampled[1:]))
-        over = peak > self.ceiling
+        over = (peak > self.ceiling) & (peak < np.inf)  # a non-finite sample passes, the gain ignores it
         required = np.zeros(n)
         required[over] = 20.0 * np.log10(peak[over] / self.ceiling)
         return required

@@ -14,6 +14,7 @@ DEFAULT_PLUGINS = (
     "cakfx.plugins.pedalboard_bridge",
     "cakfx.plugins.texture",
     "cakfx.plugins.grain",
+    "cakfx.plugins.limiter",
     "cakfx.trainers",
     "cakfx.studio.command",
 )

@@ -290,13 +290,15 @@ def test_stream_with_the_high_band_equals_offline_delayed(music):
 
 
 def bundled_neural_stages() -> list[tuple[str, str, dict]]:
-    """``(preset, effect, params)`` of every cak.* stage of the bundled presets, as shipped."""
+    """``(preset, effect, params)`` of every neural stage (one that takes weights) of the bundled
+    presets, as shipped."""
     from cakfx.presets import bundled_dir, tomllib
+    from cakfx.registry import get_effect
 
     stages = []
     for path in sorted(bundled_dir().glob("*.toml")):
         for stage in tomllib.loads(path.read_text())["chain"]:
-            if stage["effect"].startswith("cak."):
+            if "weights" in get_effect(stage["effect"]).param_map:
                 params = {k: v for k, v in stage.items() if k not in ("id", "effect", "sha256")}
                 stages.append((path.stem, stage["effect"], params))
     return stages

@@ -69,17 +69,23 @@ class TruePeakLimiter:
     def __init__(self, ceiling_db: float, sample_rate: float, channels: int,
                  lookahead_ms: float = LOOKAHEAD_MS, release_ms: float = RELEASE_MS,
                  hold_ms: float = HOLD_MS) -> None:
-        self.ceiling_db, self.channels = float(ceiling_db), int(channels)
-        self.ceiling = 10.0 ** ((self.ceiling_db - ROUNDING_DB) / 20.0)
+        self.sample_rate, self.channels = float(sample_rate), int(channels)
         self.lookahead = lookahead_samples(sample_rate, lookahead_ms)
         self.latency = self.lookahead + 2 * HALF_SPAN
         # odd: the look-ahead and the filter span either side, then held for hold_ms after
         self._hold = self.lookahead + 2 * HALF_SPAN + 1 + 2 * round(hold_ms * 1e-3 * sample_rate / 2)
         self._boxes = (self.lookahead // 2 + 1, self.lookahead - self.lookahead // 2 + 1)
-        release = max(release_ms * 1e-3 * sample_rate, 1.0)
+        self.retune(ceiling_db, release_ms)
+        self.reset()
+
+    def retune(self, ceiling_db: float, release_ms: float) -> None:
+        """Set the ceiling and the release, also mid-stream: the next block uses them (the
+        look-ahead, and so the latency, stays)."""
+        self.ceiling_db, self.release_ms = float(ceiling_db), float(release_ms)
+        self.ceiling = 10.0 ** ((self.ceiling_db - ROUNDING_DB) / 20.0)
+        release = max(release_ms * 1e-3 * self.sample_rate, 1.0)
         self._alpha = math.exp(-1.0 / release)
         self._step = int(min(CHUNK, 500 * release))  # alpha ** -step stays far from overflow
-        self.reset()
 
     def __repr__(self) -> str:
         return f"TruePeakLimiter(ceiling_db={self.ceiling_db:g}, latency={self.latency})"
@@ -124,7 +130,7 @@ class TruePeakLimiter:
             # float32: 1e-7 of a peak is far below any ceiling's precision, and twice as fast
             oversampled = oversampled_magnitude(xs, "float32").max(axis=0).astype(np.float64)
             peak = np.maximum(peak, np.maximum(oversampled[:-1], oversampled[1:]))
-        over = peak > self.ceiling
+        over = (peak > self.ceiling) & (peak < np.inf)  # a non-finite sample passes, the gain ignores it
         required = np.zeros(n)
         required[over] = 20.0 * np.log10(peak[over] / self.ceiling)
         return required

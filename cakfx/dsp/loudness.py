@@ -179,7 +179,7 @@ class LoudnessMeter:
         self.sample_rate = float(sample_rate)
         self.channels = int(channels)
         self.record = int(record)  # > 0: keep the power summed over every ``record`` samples
-        self._sos, self._gain = _k_weighting(self.sample_rate)
+        self._sos, self._gain = k_weighting(self.sample_rate)
         self._gains = _channel_gains(self.channels)[:, None]
         self._block_len = BLOCK_SECONDS * self.sample_rate  # float, as pyloudnorm's bounds
         self.reset()
@@ -270,7 +270,7 @@ class LoudnessMeter:
 
 
 @functools.lru_cache(maxsize=16)
-def _k_weighting(sample_rate: float) -> tuple[np.ndarray, float]:
+def k_weighting(sample_rate: float) -> tuple[np.ndarray, float]:
     """pyloudnorm's K-weighting (high shelf, then high pass) as second-order sections, one pass
     over the signal instead of two, and the product of its passband gains."""
     filters = pyloudnorm.Meter(sample_rate)._filters.values()

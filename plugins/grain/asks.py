@@ -104,10 +104,10 @@ def _loudness_weights(n_mels: int, sr: float) -> np.ndarray:
     Slaney band's mel power is its mean power per bin) times the K-weighting's power gain."""
     from scipy import signal
 
-    from cakfx.dsp.loudness import _k_weighting
+    from cakfx.dsp.loudness import k_weighting
 
     edges = mel.band_edges(sr, n_mels)
-    sos, _ = _k_weighting(sr)
+    sos, _ = k_weighting(sr)
     _, response = signal.sosfreqz(sos, worN=edges[1:-1], fs=sr)
     return 0.5 * (edges[2:] - edges[:-2]) * np.abs(response) ** 2
 

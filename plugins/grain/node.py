@@ -72,7 +72,7 @@ from cakfx.dsp import mel
 from cakfx.dsp.level import LevelStage
 from cakfx.dsp.resample import HighBand, StreamResampler, band_split, resample
 from cakfx.dsp.stft import HOP, MODEL_SR, N_FFT
-from cakfx.dsp.threads import parallel_map
+from cakfx.dsp.threads import parallel_map, serial_torch_ops
 from cakfx.errors import CakfxError
 from cakfx.neural import NeuralNode
 from cakfx.plugins.grain import EFFECT
@@ -81,7 +81,8 @@ from cakfx.plugins.grain.mask import bin_boost_cap, correct_mask, refine_mask, s
 
 WINDOW_FRAMES = 1 + 3 * MODEL_SR // HOP  # 259 frames: 3 s, the original's chunk
 WINDOW_HOP = 216  # 2.5 s -> 43 frames (0.5 s) of crossfade between neighbouring windows
-WINDOW_BATCH = 16  # windows per model call, at most
+WINDOW_BATCH = 4  # windows per model call, at most: 2-4 measured fastest per window (16: +50 %), and
+# small jobs let an idle block thread take over a busy core's share
 SEGMENT = 72  # frames per reconstruction segment (0.84 s): the unit of parallel work and of streaming
 SEGMENTS_PER_ROUND = 32  # segments worked on at once offline (bounds memory on long files)
 MARGIN = N_FFT // HOP - 1  # frames overlapping a frame on each side
@@ -156,6 +157,7 @@ class GrainEngine:
     def __init__(self, model, grain: float, channels: int, device: torch.device) -> None:
         self.model, self.grain, self.channels, self.device = model, float(grain), int(channels), device
         self.fb = mel.banded_filterbank(MODEL_SR, dtype=torch.float32, device=device)
+        self.workers = 1  # block threads of the running ``run`` (``parallel_map``'s count)
         self.head_norm = _ola_norm().to(device)
         self.reset()
 
@@ -192,12 +194,15 @@ class GrainEngine:
         """
         until = self.received if until is None else until
         parts = []
-        while True:
-            target_segments = self._segments_ready(final, until)
-            if target_segments <= self.segments:
-                break
-            stop = min(target_segments, self.segments + SEGMENTS_PER_ROUND)
-            parts.append(self._build(stop, final))
+        # the glue between the parallel steps runs torch ops too: on one thread, so that none of
+        # them waits at an OpenMP barrier for a descheduled thread (a busy machine's 5x spread)
+        with serial_torch_ops() as self.workers:
+            while True:
+                target_segments = self._segments_ready(final, until)
+                if target_segments <= self.segments:
+                    break
+                stop = min(target_segments, self.segments + SEGMENTS_PER_ROUND)
+                parts.append(self._build(stop, final))
         if not parts:
             return np.zeros((self.channels, 0), np.float32)
         return np.concatenate(parts, axis=-1)
@@ -264,7 +269,7 @@ class GrainEngine:
         grow = end - (self.t0 + self.target.shape[-1])
         if grow > 0:
             self.target = torch.cat([self.target, self.target.new_zeros(self.channels, mel.N_MELS, grow)], -1)
-        batch = max(1, min(WINDOW_BATCH, -(-len(jobs) // max(1, torch.get_num_threads()))))
+        batch = max(1, min(WINDOW_BATCH, -(-len(jobs) // self.workers)))
         batches = [jobs[i : i + batch] for i in range(0, len(jobs), batch)]
         asks: dict[int, torch.Tensor] = {}
 

@@ -487,9 +487,23 @@ class _RawStream:
         return out
 
 
+#: samples per row from which the rows of a block resample on parallel threads (soxr releases the
+#: GIL; a 20 s stereo file's four row passes take 22 -> 12 ms where a core is free), below it in turn
+PARALLEL_ROWS = 1 << 15
+
+
 def _resample_rows(streams: list, block: np.ndarray) -> np.ndarray:
     """Each row of ``(channels, n)`` through its own soxr stream; every stream emits the same count."""
-    rows = [s.resample_chunk(row) for s, row in zip(streams, block)]
+    rows: list = [None] * len(streams)
+
+    def run(i: int) -> None:
+        rows[i] = streams[i].resample_chunk(block[i])
+
+    if block.shape[1] >= PARALLEL_ROWS:
+        parallel_map(run, range(len(streams)))
+    else:
+        for i in range(len(streams)):
+            run(i)
     return rows[0][None] if len(rows) == 1 else np.stack(rows)
 
 

@@ -617,6 +617,36 @@ def test_a_96k_tone_above_the_models_band_passes_unchanged(random_weights):
     assert abs(tone_db(out) - tone_db(x)) < 1.0
 
 
+def test_the_engine_runs_torch_on_one_thread_over_small_window_jobs(random_weights, monkeypatch):
+    x = drums(8.0, SR, channels=2)
+    saved = torch.get_num_threads()
+    calls, glue = [], []
+    targets, slew_limit = grain_node.window_targets, grain_node.slew_limit
+
+    def recording(model, power, grain_value):  # on a block thread
+        calls.append((torch.get_num_threads(), power.shape[0]))
+        return targets(model, power, grain_value)
+
+    def slewing(*args):  # on the calling thread, between the parallel steps
+        glue.append(torch.get_num_threads())
+        return slew_limit(*args)
+
+    try:
+        torch.set_num_threads(1)
+        serial = grain(random_weights, grain=1.5)(x, SR)  # one thread: the jobs in order
+        torch.set_num_threads(2)
+        monkeypatch.setattr(grain_node, "window_targets", recording)
+        monkeypatch.setattr(grain_node, "slew_limit", slewing)
+        assert np.array_equal(grain(random_weights, grain=1.5)(x, SR), serial)  # block threads
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+    # no OpenMP barrier to wait at on a busy machine, and jobs small enough to share out
+    assert calls and all(threads == 1 and windows <= grain_node.WINDOW_BATCH for threads, windows in calls)
+    assert len(calls) >= 2  # 4 windows x 2 channels: at least one job per block thread
+    assert glue and set(glue) == {1}
+
+
 @pytest.mark.parametrize("sr", [44100, 96000])
 def test_render_stream_runs_the_model_once_and_keeps_its_output_exact(random_weights, sr, monkeypatch):
     from cakfx.streaming import render_stream

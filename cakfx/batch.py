@@ -173,7 +173,11 @@ def process_file(
     in_path, out_path = Path(in_path), Path(out_path)
     where = display_path(in_path)
     start = time.perf_counter()
-    if out_path.exists() and out_path.resolve() == in_path.resolve():
+    try:  # the same file by device and inode (a link to the input too): two stats, no path resolving
+        same = out_path.exists() and os.path.samefile(out_path, in_path)
+    except OSError:  # the input is missing or unreadable: the reader says so below
+        same = False
+    if same:
         raise CakfxError(f"{where}: output would overwrite the input")
     reader = BlockReader(in_path)
     info = reader.info

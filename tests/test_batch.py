@@ -209,6 +209,9 @@ def test_process_file_api(tmp_path):
     assert result.status == "ok" and sf.info(tmp_path / "b.flac").subtype == "PCM_24"
     with pytest.raises(cakfx.CakfxError, match="overwrite the input"):
         cakfx.process_file(src, src, chain)
+    os.link(src, tmp_path / "hard-link.flac")  # another name for the input's data
+    with pytest.raises(cakfx.CakfxError, match="overwrite the input"):
+        cakfx.process_file(src, tmp_path / "hard-link.flac", chain)
     assert os.path.getsize(src) > 0
 
 

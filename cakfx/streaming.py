@@ -8,7 +8,7 @@ blocks) and the nodes (which stream with ``reset=False``). Contract::
 * ``blocks()`` returns a fresh iterator of ``(channels, n)`` float32 blocks of the input
   (it may be called more than once: nodes whose level stage needs the whole signal get a
   measuring pass first, so the file is read twice instead of held in memory; a node may keep
-  what it computed in that pass in a ``Spool`` and read it back in the render pass);
+  what it computed in that pass (``KeptPass``, over a ``Spool``) and read it back in the render pass);
 * ``sink(block)`` receives the output, ``(channels, n)``, in order; the blocks it receives
   add up to exactly the input length, aligned with the input (latency removed, tail flushed);
 * the concatenated output equals ``chain(whole_input, sample_rate)`` (``reset=True``) to
@@ -234,8 +234,8 @@ class Spool:
     """``(channels, n)`` float32 blocks written once, then read back in order in any chunking,
     kept in an unnamed temporary file: memory stays bounded by a block however long the stream.
 
-    A node keeps its measuring pass's output here so the render pass that follows reads it
-    instead of computing it again (``cak.texture``). ``push`` raises ``OSError`` when the disk
+    A node keeps its measuring pass's output here (``KeptPass``) so the render pass that follows
+    reads it instead of computing it again. ``push`` raises ``OSError`` when the disk
     is full or the spool would pass ``limit`` bytes; the node then computes as before.
 
     >>> spool = Spool(2)
@@ -279,7 +279,7 @@ class Spool:
 class KeptPass:
     """A node's measuring-pass output, kept in a ``Spool`` for the render pass that follows, with
     the stream state the pass ended in: the render pass reads the output back, then carries on
-    from that state, so a streamed file runs the node's model once (``cak.grain``).
+    from that state, so a streamed file runs the node's model once (``cak.texture``, ``cak.grain``).
 
     The node calls ``begin``/``end``/``forget`` from its measuring protocol, ``record`` with what
     it computes while measuring, ``reset`` from its own ``reset``; at a render stream's start

@@ -93,12 +93,13 @@ def crossfade_asks(reference: Path, model) -> tuple[float, float]:
 
 def timed(nodes: dict, audio: np.ndarray, repeats: int) -> tuple[dict, dict]:
     """Wall-clock and CPU seconds (this process, all threads) of every round of each node, rounds
-    interleaved (a busy machine slows them alike); one warm-up call each first. The CPU figure
-    hardly moves with other jobs' load, the wall-clock one does."""
+    interleaved (a busy machine slows them alike); one warm-up call each first, on the whole
+    signal (a 1 s warm-up left the first timed round 20-50 % slower: buffers still growing). The
+    CPU figure hardly moves with other jobs' load, the wall-clock one does."""
     times = {name: [] for name in nodes}
     cpu = {name: [] for name in nodes}
     for node in nodes.values():
-        node(audio[..., :SR], SR)
+        node(audio, SR)
     for _ in range(repeats):
         for name, node in nodes.items():
             start, used = time.perf_counter(), time.process_time()

@@ -173,7 +173,11 @@ def process_file(
     in_path, out_path = Path(in_path), Path(out_path)
     where = display_path(in_path)
     start = time.perf_counter()
-    if out_path.exists() and out_path.resolve() == in_path.resolve():
+    try:  # the same file by device and inode (a link to the input too): two stats, no path resolving
+        same = out_path.exists() and os.path.samefile(out_path, in_path)
+    except OSError:  # the input is missing or unreadable: the reader says so below
+        same = False
+    if same:
         raise CakfxError(f"{where}: output would overwrite the input")
     reader = BlockReader(in_path)
     info = reader.info
@@ -396,8 +400,8 @@ def run_batch(
 
     ``chain_factory()`` builds a chain; with ``jobs > 1`` each worker thread
     builds its own (effects keep state such as reverb tails) and runs its files
-    single-threaded. ``jobs=None``: ``default_jobs`` (one file per core). The batch always
-    finishes: every failure is a ``failed`` entry with its reason. An ``executor``
+    single-threaded, the largest files first. ``jobs=None``: ``default_jobs`` (one file per
+    core). The batch always finishes: every failure is a ``failed`` entry with its reason. An ``executor``
     (:mod:`cakfx.executors`) processes the planned files instead; ``chain_factory`` is unused.
     """
     if out_format != "same" and out_format not in FORMATS:
@@ -492,12 +496,31 @@ def _run(
                 _record(report, work(pair), bar, on_result)
         else:
             with _one_thread_per_file(), ThreadPoolExecutor(max_workers=jobs) as pool:
-                for result in pool.map(work, todo):
-                    _record(report, result, bar, on_result)
+                # the largest files start first, so that none is left to run alone at the end while
+                # the other cores idle; results are recorded in the planned order all the same
+                futures = {i: pool.submit(work, todo[i]) for i in _largest_first(todo)}
+                try:
+                    for i in range(len(todo)):
+                        _record(report, futures[i].result(), bar, on_result)
+                finally:  # Ctrl-C: the files not started yet are dropped (as pool.map did)
+                    for future in futures.values():
+                        future.cancel()
     finally:
         bar.close()
         report.seconds = time.perf_counter() - start
     return report
+
+
+def _largest_first(todo: list[tuple[Path, Path]]) -> list[int]:
+    """Indices of ``todo`` by input size, largest first (unreadable sizes last, in order)."""
+
+    def size(i: int) -> int:
+        try:
+            return todo[i][0].stat().st_size
+        except OSError:
+            return -1
+
+    return sorted(range(len(todo)), key=lambda i: -size(i))
 
 
 def available_cores() -> int:

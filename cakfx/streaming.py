@@ -8,7 +8,7 @@ blocks) and the nodes (which stream with ``reset=False``). Contract::
 * ``blocks()`` returns a fresh iterator of ``(channels, n)`` float32 blocks of the input
   (it may be called more than once: nodes whose level stage needs the whole signal get a
   measuring pass first, so the file is read twice instead of held in memory; a node may keep
-  what it computed in that pass in a ``Spool`` and read it back in the render pass);
+  what it computed in that pass (``KeptPass``, over a ``Spool``) and read it back in the render pass);
 * ``sink(block)`` receives the output, ``(channels, n)``, in order; the blocks it receives
   add up to exactly the input length, aligned with the input (latency removed, tail flushed);
 * the concatenated output equals ``chain(whole_input, sample_rate)`` (``reset=True``) to
@@ -234,8 +234,8 @@ class Spool:
     """``(channels, n)`` float32 blocks written once, then read back in order in any chunking,
     kept in an unnamed temporary file: memory stays bounded by a block however long the stream.
 
-    A node keeps its measuring pass's output here so the render pass that follows reads it
-    instead of computing it again (``cak.texture``). ``push`` raises ``OSError`` when the disk
+    A node keeps its measuring pass's output here (``KeptPass``) so the render pass that follows
+    reads it instead of computing it again. ``push`` raises ``OSError`` when the disk
     is full or the spool would pass ``limit`` bytes; the node then computes as before.
 
     >>> spool = Spool(2)
@@ -274,3 +274,86 @@ class Spool:
 
     def close(self) -> None:
         self._file.close()
+
+
+class KeptPass:
+    """A node's measuring-pass output, kept in a ``Spool`` for the render pass that follows, with
+    the stream state the pass ended in: the render pass reads the output back, then carries on
+    from that state, so a streamed file runs the node's model once (``cak.texture``, ``cak.grain``).
+
+    The node calls ``begin``/``end``/``forget`` from its measuring protocol, ``record`` with what
+    it computes while measuring, ``reset`` from its own ``reset``; at a render stream's start
+    ``resume(matches)`` gives the kept state (if ``matches(state)``) and ``take(n)`` then returns the
+    next kept samples until none are left. A full disk or spool drops what was kept: the render
+    pass computes again.
+    """
+
+    def __init__(self) -> None:
+        self.measuring = False
+        self._keep = False  # keep what the measuring pass computes (until a write fails)
+        self._recording: Spool | None = None
+        self._replay: Spool | None = None
+        self._state = None  # the stream state the measuring pass ended in
+        self._started = False  # a render pass has read from the replay
+
+    def begin(self) -> None:
+        self.forget()
+        self.measuring = self._keep = True
+
+    def record(self, rows: np.ndarray) -> None:
+        if not (self.measuring and self._keep and rows.shape[1]):
+            return
+        try:
+            if self._recording is None:
+                self._recording = Spool(rows.shape[0])
+            self._recording.push(rows)
+        except OSError:  # no room: the render pass computes again
+            self._drop_recording()
+            self._keep = False
+
+    def end(self, state) -> None:
+        self.measuring = False
+        recording, self._recording = self._recording, None
+        if recording is not None and recording.size and state is not None:
+            self._replay, self._state, self._started = recording, state, False
+        elif recording is not None:
+            recording.close()
+
+    def resume(self, matches: Callable[[object], bool]):
+        """The measuring pass's final stream state where a replay waits and ``matches`` it, else None
+        (and nothing is replayed)."""
+        if self._replay is not None and not self._started and matches(self._state):
+            self._started = True
+            return self._state
+        self._drop_replay()
+        return None
+
+    def take(self, n: int) -> np.ndarray | None:
+        """The next at most ``n`` kept samples, or None when no replay is running."""
+        if self._replay is None or not self._started:
+            return None
+        kept = self._replay.pop(n)
+        if not self._replay.size:
+            self._drop_replay()  # the stream carries on from the measuring pass's state
+        return kept
+
+    def reset(self) -> None:
+        """A stream starts over: a replay that has begun is stale, a recording incomplete."""
+        if self._started:
+            self._drop_replay()
+        self._drop_recording()
+
+    def forget(self) -> None:
+        self.measuring = False
+        self._drop_replay()
+        self._drop_recording()
+
+    def _drop_replay(self) -> None:
+        if self._replay is not None:
+            self._replay.close()
+        self._replay, self._state, self._started = None, None, False
+
+    def _drop_recording(self) -> None:
+        if self._recording is not None:
+            self._recording.close()
+            self._recording = None

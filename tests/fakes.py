@@ -44,3 +44,13 @@ class GainPlugin:
 
 def make_gain_weights(path, gain: float = 0.5):
     return save_weights(path, {"gain": torch.tensor(gain)}, kind="test.gain")
+
+
+def spools_find_the_disk_full(monkeypatch) -> None:
+    """Every ``cakfx.streaming.Spool`` write fails as on a full disk (what a node must survive)."""
+    from cakfx.streaming import Spool
+
+    def disk_full(self, block):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Spool, "push", disk_full)

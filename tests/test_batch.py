@@ -209,6 +209,9 @@ def test_process_file_api(tmp_path):
     assert result.status == "ok" and sf.info(tmp_path / "b.flac").subtype == "PCM_24"
     with pytest.raises(cakfx.CakfxError, match="overwrite the input"):
         cakfx.process_file(src, src, chain)
+    os.link(src, tmp_path / "hard-link.flac")  # another name for the input's data
+    with pytest.raises(cakfx.CakfxError, match="overwrite the input"):
+        cakfx.process_file(src, tmp_path / "hard-link.flac", chain)
     assert os.path.getsize(src) > 0
 
 
@@ -268,3 +271,31 @@ def test_short_files_render_once_offline_and_long_ones_stream(tmp_path, monkeypa
     assert Counting.offline == 1 and Counting.streamed >= 2  # a measuring pass and the render
     held, streamed = sf.read(tmp_path / "held.wav")[0], sf.read(tmp_path / "streamed.wav")[0]
     assert np.array_equal(held, streamed) and np.allclose(held, 0.5 * x.T, atol=1e-7)
+
+
+def test_parallel_jobs_start_the_largest_files_first_and_report_in_order(tmp_path, monkeypatch):
+    import threading
+
+    import pedalboard
+
+    import cakfx.batch as batch_module
+    from cakfx.batch import run_batch
+
+    src = tmp_path / "in"
+    src.mkdir()
+    seconds = {"a.wav": 0.1, "b.wav": 0.9, "c.wav": 0.3, "d.wav": 0.6}
+    for name, length in seconds.items():
+        sf.write(src / name, np.zeros(int(44100 * length), np.float32), 44100)
+    started, lock = [], threading.Lock()
+    process_file = batch_module.process_file
+
+    def recording(in_path, *args, **kwargs):
+        with lock:
+            started.append(in_path.name)
+        return process_file(in_path, *args, **kwargs)
+
+    monkeypatch.setattr(batch_module, "process_file", recording)
+    report = run_batch([src], tmp_path / "out", lambda: pedalboard.Gain(gain_db=-1.0), jobs=2, progress=False)
+    assert sorted(started[:2]) == ["b.wav", "d.wav"]  # the two longest take the two workers first
+    assert [Path(f.input).name for f in report.files] == ["a.wav", "b.wav", "c.wav", "d.wav"]
+    assert all(f.status == "ok" for f in report.files)

@@ -19,6 +19,7 @@ from cakfx.plugins.grain.model import GrainProcessor
 from cakfx.plugins.grain.node import GrainNode
 from cakfx.registry import get_effect
 from cakfx.weights import load_weights, save_weights
+from tests.fakes import spools_find_the_disk_full
 from tests.signals import drums, tone
 
 GRAINS = ("-3.0", "-1.5", "+0.0", "+1.5", "+3.0")
@@ -697,6 +698,64 @@ def test_a_96k_tone_above_the_models_band_passes_unchanged(random_weights):
         return 20 * np.log10(spectrum[np.abs(freqs - 30000) < 50].max())
 
     assert abs(tone_db(out) - tone_db(x)) < 1.0
+
+
+def test_the_engine_runs_torch_on_one_thread_over_small_window_jobs(random_weights, monkeypatch):
+    x = drums(8.0, SR, channels=2)
+    saved = torch.get_num_threads()
+    calls, glue = [], []
+    targets, slew_limit = grain_node.window_targets, grain_node.slew_limit
+
+    def recording(model, power, grain_value):  # on a block thread
+        calls.append((torch.get_num_threads(), power.shape[0]))
+        return targets(model, power, grain_value)
+
+    def slewing(*args):  # on the calling thread, between the parallel steps
+        glue.append(torch.get_num_threads())
+        return slew_limit(*args)
+
+    try:
+        torch.set_num_threads(1)
+        serial = grain(random_weights, grain=1.5)(x, SR)  # one thread: the jobs in order
+        torch.set_num_threads(2)
+        monkeypatch.setattr(grain_node, "window_targets", recording)
+        monkeypatch.setattr(grain_node, "slew_limit", slewing)
+        assert np.array_equal(grain(random_weights, grain=1.5)(x, SR), serial)  # block threads
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+    # no OpenMP barrier to wait at on a busy machine, and jobs small enough to share out
+    assert calls and all(threads == 1 and windows <= grain_node.WINDOW_BATCH for threads, windows in calls)
+    assert len(calls) >= 2  # 4 windows x 2 channels: at least one job per block thread
+    assert glue and set(glue) == {1}
+
+
+@pytest.mark.parametrize("sr", [44100, 96000])
+def test_render_stream_runs_the_model_once_and_keeps_its_output_exact(random_weights, sr, monkeypatch):
+    from cakfx.streaming import render_stream
+
+    x = 0.8 * drums(5.0, sr, channels=2)
+    fed = []
+    feed = grain_node.GrainEngine.feed
+    monkeypatch.setattr(grain_node.GrainEngine, "feed",
+                        lambda self, block: fed.append(block.shape[-1]) or feed(self, block))
+
+    def render() -> np.ndarray:
+        chain = cakfx.Chain([grain(random_weights, grain=1.5, level="match")])
+        parts = []
+        blocks = lambda: (x[:, i : i + 3000] for i in range(0, x.shape[1], 3000))  # noqa: E731
+        render_stream(chain, blocks, sr, parts.append)
+        return np.concatenate(parts, axis=1)
+
+    kept = render()  # the render pass reads what the measuring pass computed, then carries on
+    once = sum(fed)
+    latency = grain(random_weights, grain=1.5).latency_samples(sr)
+    assert once <= (x.shape[1] + latency + 3000) * 44100 // sr  # the input and its flush, once
+    fed.clear()
+    spools_find_the_disk_full(monkeypatch)
+    again = render()  # nothing kept: the render pass computes again, to the same samples
+    assert sum(fed) > 1.9 * once
+    assert np.array_equal(kept, again)
 
 
 @pytest.mark.parametrize("level", ["match", "original"])

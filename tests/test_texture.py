@@ -17,6 +17,7 @@ from cakfx.plugins.texture.model import TextureCAK, conv3x3
 from cakfx.plugins.texture.node import TextureNode
 from cakfx.registry import effects
 from cakfx.weights import save_weights
+from tests.fakes import spools_find_the_disk_full
 from tests.signals import drums, tone
 from tests.test_streaming import RANDOM_SIZES, snr_db, stream
 
@@ -446,7 +447,7 @@ def test_render_stream_of_a_preset_equals_offline(sr):
 def test_render_stream_runs_the_model_once_and_keeps_its_output_exact(sr, monkeypatch):
     from cakfx.plugins.texture import node as texture_node
     from cakfx.presets import build_chain, read_preset
-    from cakfx.streaming import Spool, render_stream
+    from cakfx.streaming import render_stream
 
     x = 0.8 * drums(2.0, channels=2, sr=sr)
     modelled = []
@@ -465,11 +466,7 @@ def test_render_stream_runs_the_model_once_and_keeps_its_output_exact(sr, monkey
     once = sum(modelled)
     assert x.shape[1] * 44100 // sr <= once < (x.shape[1] + 12000) * 44100 // sr  # input + a flush
     modelled.clear()
-
-    def disk_full(self, block):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(Spool, "push", disk_full)
+    spools_find_the_disk_full(monkeypatch)
     again = render()  # nothing kept: the render pass computes again, to the same samples
     assert sum(modelled) > 1.9 * once
     assert np.array_equal(kept, again)

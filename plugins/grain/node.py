@@ -63,7 +63,10 @@ threads (``cakfx.dsp.threads.parallel_map``). Offline and streamed calls run
 the same segments, so a stream (``reset=False``) equals the offline output
 delayed by ``latency_samples``: about 3.9 s at 44.1 kHz (a segment, one whole
 analysis window and the STFT's overlap), which makes the effect unfit for live
-use. ``grain = 0`` returns the input unchanged.
+use. A measuring pass (``begin_measure``) keeps the model path's output
+(``cakfx.streaming.KeptPass``); the render pass reads it back and carries on
+with the pass's stream state, so a streamed file runs the model once.
+``grain = 0`` returns the input unchanged.
 """
 
 from __future__ import annotations
@@ -79,18 +82,21 @@ from cakfx.dsp import mel
 from cakfx.dsp.level import LevelStage
 from cakfx.dsp.resample import HighBand, StreamResampler, band_split, resample
 from cakfx.dsp.stft import HOP, MODEL_SR, N_FFT
-from cakfx.dsp.threads import parallel_map
+from cakfx.dsp.threads import parallel_map, serial_torch_ops
 from cakfx.errors import CakfxError
 from cakfx.neural import NeuralNode
 from cakfx.plugins.grain import EFFECT
 from cakfx.plugins.grain.asks import window_targets
 from cakfx.plugins.grain.mask import bin_boost_cap, correct_mask, refine_mask, slew_limit
+from cakfx.streaming import KeptPass
 
 WINDOW_FRAMES = 1 + 3 * MODEL_SR // HOP  # 259 frames: 3 s, the original's chunk
 WINDOW_HOP = 216  # 2.5 s -> 43 frames (0.5 s) of crossfade between neighbouring windows
-WINDOW_BATCH = 16  # windows per model call, at most
+WINDOW_BATCH = 4  # windows per model call, at most: 2-4 measured fastest per window (16: +50 %), and
+# small jobs let an idle block thread take over a busy core's share
 SEGMENT = 72  # frames per reconstruction segment (0.84 s): the unit of parallel work and of streaming
-SEGMENTS_PER_ROUND = 32  # segments worked on at once offline (bounds memory on long files)
+SEGMENTS_PER_ROUND = 8  # segments worked on at once offline: bounds memory (20 s stereo: peak RSS
+# 576 -> 516 MB against 32) at no cost in time (8 jobs keep 2 block threads busy)
 MARGIN = N_FFT // HOP - 1  # frames overlapping a frame on each side
 # passes against the real output's mel power (each one more inverse + forward STFT per segment):
 # mel error 1.007 dB after one, 0.963 after two (+6 % time), 0.944 after three (+25 %)
@@ -165,6 +171,7 @@ class GrainEngine:
         self.model, self.grain, self.channels, self.device = model, float(grain), int(channels), device
         self.bounded = bounded  # the asks smoothed and bounded (``asks.window_targets``)
         self.fb = mel.banded_filterbank(MODEL_SR, dtype=torch.float32, device=device)
+        self.workers = 1  # block threads of the running ``run`` (``parallel_map``'s count)
         self.head_norm = _ola_norm().to(device)
         self.reset()
 
@@ -201,12 +208,15 @@ class GrainEngine:
         """
         until = self.received if until is None else until
         parts = []
-        while True:
-            target_segments = self._segments_ready(final, until)
-            if target_segments <= self.segments:
-                break
-            stop = min(target_segments, self.segments + SEGMENTS_PER_ROUND)
-            parts.append(self._build(stop, final))
+        # the glue between the parallel steps runs torch ops too: on one thread, so that none of
+        # them waits at an OpenMP barrier for a descheduled thread (a busy machine's 5x spread)
+        with serial_torch_ops() as self.workers:
+            while True:
+                target_segments = self._segments_ready(final, until)
+                if target_segments <= self.segments:
+                    break
+                stop = min(target_segments, self.segments + SEGMENTS_PER_ROUND)
+                parts.append(self._build(stop, final))
         if not parts:
             return np.zeros((self.channels, 0), np.float32)
         return np.concatenate(parts, axis=-1)
@@ -273,7 +283,7 @@ class GrainEngine:
         grow = end - (self.t0 + self.target.shape[-1])
         if grow > 0:
             self.target = torch.cat([self.target, self.target.new_zeros(self.channels, mel.N_MELS, grow)], -1)
-        batch = max(1, min(WINDOW_BATCH, -(-len(jobs) // max(1, torch.get_num_threads()))))
+        batch = max(1, min(WINDOW_BATCH, -(-len(jobs) // self.workers)))
         batches = [jobs[i : i + batch] for i in range(0, len(jobs), batch)]
         asks: dict[int, torch.Tensor] = {}
 
@@ -391,6 +401,7 @@ class GrainNode(NeuralNode):
     effect = EFFECT
     _stage: LevelStage | None = None
     _stage_key: tuple | None = None
+    _kept: KeptPass | None = None  # a measuring pass's model-path output, for the render pass
 
     def __init__(self, model: torch.nn.Module, grain: float = 1.0, reconstruction: str = "phase",
                  level: str = "match", ceiling_db: float = -1.0, device=None) -> None:
@@ -471,6 +482,8 @@ class GrainNode(NeuralNode):
 
     def reset(self) -> None:
         self._stream = None
+        if self._kept is not None:
+            self._kept.reset()
         self.level_stage.reset()
 
     def _new_stream(self, channels: int, sample_rate: float) -> dict:
@@ -492,10 +505,35 @@ class GrainNode(NeuralNode):
         state["priming"] = self.path_latency(sample_rate)
         return state
 
+    def _start_stream(self, channels: int, sample_rate: float) -> dict:
+        """A new stream's state; the model path's is the measuring pass's where that pass kept its
+        output (``KeptPass``): the render pass reads the output back, then carries on from there."""
+        fresh = self._new_stream(channels, sample_rate)
+        kept = None if self._kept is None else self._kept.resume(
+            lambda state: (state["sr"], state["channels"]) == (fresh["sr"], channels))
+        if kept is not None:
+            kept.update(input_delay=fresh["input_delay"], priming=fresh["priming"])  # this pass's own
+            return kept
+        return fresh
+
     def _model_path_stream(self, x: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray | None]:
         state = self._stream
         if state is None or state["sr"] != int(round(sample_rate)) or state["channels"] != x.shape[0]:
-            state = self._stream = self._new_stream(x.shape[0], sample_rate)
+            state = self._stream = self._start_stream(x.shape[0], sample_rate)
+        kept = None if self._kept is None else self._kept.take(x.shape[-1])
+        if kept is not None:  # the measuring pass's output, then what follows it
+            rest = x[:, kept.shape[-1] :]
+            if rest.shape[-1]:
+                kept = np.concatenate([kept, self._model_rows(rest, state)], axis=-1)
+        else:
+            kept = self._model_rows(x, state)
+            if self._kept is not None:
+                self._kept.record(kept)
+        return (kept[: x.shape[0]], kept[x.shape[0] :]) if "high" in state else (kept, None)
+
+    def _model_rows(self, x: np.ndarray, state: dict) -> np.ndarray:
+        """The model path's output for block ``x``, ``(C, n)``, with the band above it under it
+        (``(2C, n)``) where the stream has one."""
         x44 = state["down"].process(x) if "down" in state else x
         count = x44.shape[-1]
         if state["skip"]:
@@ -506,12 +544,12 @@ class GrainNode(NeuralNode):
         state["fifo"].push(engine.run())
         y44 = state["fifo"].pop(count)  # engine_latency() is its worst case: it never runs dry
         if "up" not in state:
-            return y44, None
+            return y44
         y = state["up"].process(y44, frames=x.shape[-1])
         if "high" not in state:
-            return y, None
+            return y
         high = state["high_delay"].process(state["high"].stream(x)[1])
-        return y + high, high
+        return np.concatenate([y + high, high])
 
     def stream_channels(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
         if self.grain == 0.0:
@@ -538,12 +576,19 @@ class GrainNode(NeuralNode):
         return self.grain != 0.0 and self.level_stage.needs_measure
 
     def begin_measure(self) -> None:
+        if self._kept is None:
+            self._kept = KeptPass()
+        self._kept.begin()  # the pass's model output is kept: a streamed file runs the model once
         self.level_stage.begin_measure()
 
     def end_measure(self) -> None:
+        if self._kept is not None:
+            self._kept.end(self._stream)
         self.level_stage.end_measure()
 
     def forget_measure(self) -> None:
+        if self._kept is not None:
+            self._kept.forget()
         self.level_stage.forget_measure()
 
 

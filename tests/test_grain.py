@@ -706,9 +706,9 @@ def test_the_engine_runs_torch_on_one_thread_over_small_window_jobs(random_weigh
     calls, glue = [], []
     targets, slew_limit = grain_node.window_targets, grain_node.slew_limit
 
-    def recording(model, power, grain_value):  # on a block thread
+    def recording(model, power, grain_value, *bounded):  # on a block thread
         calls.append((torch.get_num_threads(), power.shape[0]))
-        return targets(model, power, grain_value)
+        return targets(model, power, grain_value, *bounded)
 
     def slewing(*args):  # on the calling thread, between the parallel steps
         glue.append(torch.get_num_threads())

@@ -44,6 +44,11 @@ def _signals() -> dict[str, np.ndarray]:
 SIGNALS, LOUD = _signals()
 
 
+def _entries(preset: str) -> list[dict]:
+    path = Path(__file__).resolve().parents[1] / "presets" / f"{preset}.toml"
+    return tomllib.loads(path.read_text())["chain"]
+
+
 def test_every_bundled_preset_is_covered():
     assert len(PRESETS) >= 6 and "demo" in PRESETS
 
@@ -71,8 +76,7 @@ def _trained_grain_range(weights: str) -> tuple[float, float]:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_stays_in_the_trained_range_unless_named_extreme(preset):
-    path = Path(__file__).resolve().parents[1] / "presets" / f"{preset}.toml"
-    entries = tomllib.loads(path.read_text())["chain"]
+    entries = _entries(preset)
     extreme = "extreme" in preset
     for entry in entries:
         if entry["effect"] == "cak.texture":
@@ -88,3 +92,27 @@ def test_silence_stays_silent_through_every_preset():
     for preset in PRESETS:
         out = cakfx.load_preset(preset, device="cpu")(silence, SR)
         assert np.abs(out).max() < 10 ** (-90 / 20), preset  # reverb tails of nothing are nothing
+
+
+
+# chains with a compressor and nothing that adds harmonics on purpose (demo's Distortion)
+COMPRESSED = [p for p in PRESETS if {e["effect"] for e in _entries(p)} & {"pedalboard.Compressor"}
+              and not {e["effect"] for e in _entries(p)} & {"pedalboard.Distortion"}]
+
+
+def _band_db(audio: np.ndarray, low_hz: float, high_hz: float) -> float:
+    """The loudest frame's energy in ``low_hz…high_hz`` against the loudest frame's total (dB)."""
+    frames = np.lib.stride_tricks.sliding_window_view(audio.mean(0), 2048)[::512] * np.hanning(2048)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    hz = np.fft.rfftfreq(2048, 1 / SR)
+    return float(10 * np.log10(power[:, (hz > low_hz) & (hz < high_hz)].sum(1).max() / power.sum(1).max()))
+
+
+@pytest.mark.parametrize("preset", COMPRESSED)
+def test_a_compressed_preset_does_not_tick_on_a_sustained_pad(preset):
+    # a compressor that engages on a pad's beating peaks with an 8 ms attack modulated it into
+    # broadband ticks (800-2000 Hz, where the pad has nothing: -86 dB) at -57 dB in texture-drums
+    # and texture-grain; a 30 ms attack leaves -82 dB
+    pad = chord_pad(4.0).astype(np.float32)
+    out = cakfx.load_preset(preset, device="cpu")(pad, SR)
+    assert _band_db(out, 800.0, 2000.0) < -75.0, preset

@@ -154,12 +154,12 @@ def test_integrated_loudness_equals_pyloudnorm_across_rates_and_layouts(sr, chan
 
 def oversampled_peak_everywhere(x: np.ndarray) -> float:
     """BS.1770 true peak straight from the definition: every phase at every position, ring-out included."""
-    from cakfx.dsp.loudness import _TRUE_PEAK_FIR, OVERSAMPLE
+    from cakfx.dsp.loudness import OVERSAMPLE, TRUE_PEAK_FIR
 
     peak = float(np.abs(x).max())
     for row in np.asarray(x, np.float64):
         for p in range(OVERSAMPLE):
-            peak = max(peak, float(np.abs(np.convolve(row, _TRUE_PEAK_FIR[p::OVERSAMPLE], "full")).max()))
+            peak = max(peak, float(np.abs(np.convolve(row, TRUE_PEAK_FIR[p::OVERSAMPLE], "full")).max()))
     return 20 * math.log10(peak)
 
 

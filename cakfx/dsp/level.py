@@ -116,6 +116,8 @@ DRIVE_TOLERANCE_LU = 0.5
 # whose attack is all its loudness; the estimate also reads low there: a kick +0.7 LU over at 6 dB)
 # squashing it further is not worth the loudness
 DRIVE_PER_LOSS = 2.0
+
+
 def _to_numpy(a) -> tuple[np.ndarray, object]:
     if hasattr(a, "detach"):
         import torch
@@ -244,6 +246,7 @@ class LevelStage:
             gains, scale = self._original_gains(_rms(xa, -1), _rms(ya, -1), peak)
             return back(self._original_apply(ya, gains, scale))
         xa, ya, ha = _model_band(xa, ya, high)
+        high_peak_db = -math.inf if ha is None else true_peak_db(ha)
         meter = _measured(ya, sample_rate)
         gain_db = self._match_gain_db(integrated_loudness(xa, sample_rate), meter.loudness)
         out = ya * np.asarray(_db_to_gain(gain_db), dtype=ya.dtype)
@@ -251,7 +254,7 @@ class LevelStage:
             limiting = true_peak_exceeds(out, self.ceiling_db)
         else:
             # the bound a stream can measure too, so offline and streamed renders decide alike
-            limiting = _peak_bound_db(gain_db, true_peak_db(ya), true_peak_db(ha)) > self.ceiling_db
+            limiting = _peak_bound_db(gain_db, true_peak_db(ya), high_peak_db) > self.ceiling_db
         drive = 0.0
         if limiting:
             peaks = BlockPeaks(DRIVE_BLOCK)
@@ -260,7 +263,7 @@ class LevelStage:
                                      sample_rate)
             if drive:
                 out = ya * np.asarray(_db_to_gain(gain_db + drive), dtype=ya.dtype)
-        model_ceiling = None if ha is None else _model_ceiling_db(self.ceiling_db, true_peak_db(ha))
+        model_ceiling = None if ha is None else _model_ceiling_db(self.ceiling_db, high_peak_db)
         if limiting and model_ceiling is not None:  # the high band stays out of the limiter
             out = limit(out, model_ceiling, sample_rate).astype(ya.dtype, copy=False)
         if ha is not None:

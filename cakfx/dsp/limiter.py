@@ -37,7 +37,13 @@ import math
 import numpy as np
 from scipy.ndimage import maximum_filter1d
 
-from cakfx.dsp.loudness import _TRUE_PEAK_FIR, OVERSAMPLE, TAPS_PER_PHASE, oversampled_magnitude
+from cakfx.dsp.loudness import (
+    OVERSAMPLE,
+    TAPS_PER_PHASE,
+    TRUE_PEAK_FIR,
+    gated_loudness,
+    oversampled_magnitude,
+)
 
 LOOKAHEAD_MS = 5.0
 RELEASE_MS = 100.0
@@ -47,7 +53,7 @@ ROUNDING_DB = 0.001  # aimed this far under the ceiling: float32 output and side
 HALF_SPAN = TAPS_PER_PHASE // 2  # the true-peak filter's reach either side of a sample
 CHUNK = 1 << 15  # samples per internal step (bounds memory and alpha ** -k)
 # window[r] * _TAPS[r, p], summed over r, is phase p of the oversampled signal at the window's last sample
-_TAPS = np.array([[_TRUE_PEAK_FIR[p + OVERSAMPLE * (TAPS_PER_PHASE - 1 - r)] for p in range(OVERSAMPLE)]
+_TAPS = np.array([[TRUE_PEAK_FIR[p + OVERSAMPLE * (TAPS_PER_PHASE - 1 - r)] for p in range(OVERSAMPLE)]
                   for r in range(TAPS_PER_PHASE)])
 # |oversampled value at a window's last sample| <= this weighted sum of the window's magnitudes
 _REACH = (np.abs(_TAPS).max(axis=1) * (1 + 1e-6))[::-1].copy()
@@ -205,8 +211,6 @@ def limited_loudness(powers: np.ndarray, peaks_db: np.ndarray, gain_db: float, c
     per-``block`` K-weighted power sums and sample peaks of the signal before the gain (the gain
     computer run on the blocks: held, released; BS.1770's 400 ms blocks and gates on the sums).
     ``ceiling_db = inf``: the gain alone. Within 0.1 LU of the real limiter's on a hot mix."""
-    from cakfx.dsp.loudness import gated_loudness
-
     reduction = np.zeros(powers.size)
     if math.isfinite(ceiling_db) and powers.size:
         required = np.maximum(0.0, gain_db + peaks_db - ceiling_db)

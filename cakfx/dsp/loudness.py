@@ -50,13 +50,13 @@ OVERSAMPLE = 4
 TAPS_PER_PHASE = 16
 # Passes up to ~0.72 of the input's Nyquist flat, so program material's inter-sample peaks
 # are found; the gain of OVERSAMPLE makes up for the zero-stuffing.
-_TRUE_PEAK_FIR = OVERSAMPLE * signal.firwin(
+TRUE_PEAK_FIR = OVERSAMPLE * signal.firwin(
     OVERSAMPLE * TAPS_PER_PHASE, 1.0 / OVERSAMPLE, window=("kaiser", 7.0)
 )
 # An oversampled value is at most this times the largest input sample it is made of (1.91:
 # the largest sum of a phase's |taps|; the margin covers rounding), so stretches of signal
 # that low cannot hold a peak above one already found and are not oversampled at all.
-_PEAK_BOUND = max(float(np.abs(_TRUE_PEAK_FIR[p::OVERSAMPLE]).sum()) for p in range(OVERSAMPLE)) * (1 + 1e-9)
+_PEAK_BOUND = max(float(np.abs(TRUE_PEAK_FIR[p::OVERSAMPLE]).sum()) for p in range(OVERSAMPLE)) * (1 + 1e-9)
 SEGMENT = 256  # oversampled outputs per segment judged by that bound
 CHUNK = 1 << 16  # whole-signal functions measure this many samples per channel at a time
 
@@ -413,5 +413,5 @@ def _phase_taps(dtype: str):
     """conv1d weights ``(OVERSAMPLE, 1, TAPS_PER_PHASE)``: each phase's taps, reversed (conv1d correlates)."""
     import torch
 
-    taps = np.stack([_TRUE_PEAK_FIR[p::OVERSAMPLE][::-1] for p in range(OVERSAMPLE)])[:, None]
+    taps = np.stack([TRUE_PEAK_FIR[p::OVERSAMPLE][::-1] for p in range(OVERSAMPLE)])[:, None]
     return torch.from_numpy(np.ascontiguousarray(taps, dtype=dtype))

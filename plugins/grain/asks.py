@@ -154,10 +154,13 @@ def cap_loudness_rise(change: torch.Tensor, power: torch.Tensor) -> torch.Tensor
     def rise(scale: torch.Tensor) -> torch.Tensor:
         return torch.log10((weighted * ((down + scale[:, None] * up) * ln10).exp()).sum(-1) / total) * 10.0
 
+    capped = rise(torch.ones_like(total)) > MAX_RISE_DB
+    if not bool(capped.any()):  # no window rises too much (every darkening one): nothing to scale
+        return change
     low, high = torch.zeros_like(total), torch.ones_like(total)
     for _ in range(14):  # bisection: rise grows with the scale
         mid = 0.5 * (low + high)
         over = rise(mid) > MAX_RISE_DB
         high, low = torch.where(over, mid, high), torch.where(over, low, mid)
-    scale = torch.where(rise(torch.ones_like(total)) > MAX_RISE_DB, low, torch.ones_like(total))
+    scale = torch.where(capped, low, torch.ones_like(total))
     return change.clamp_max(0.0) + scale.to(change)[:, None, None] * change.clamp_min(0.0)

@@ -401,7 +401,6 @@ class GrainNode(NeuralNode):
     effect = EFFECT
     _stage: LevelStage | None = None
     _stage_key: tuple | None = None
-    _kept: KeptPass | None = None  # a measuring pass's model-path output, for the render pass
 
     def __init__(self, model: torch.nn.Module, grain: float = 1.0, reconstruction: str = "phase",
                  level: str = "match", ceiling_db: float = -1.0, device=None) -> None:
@@ -414,6 +413,7 @@ class GrainNode(NeuralNode):
         self.level = level
         self.ceiling_db = ceiling_db
         self._stream: dict | None = None
+        self._kept = KeptPass()  # a measuring pass's model-path output, for the render pass
 
     @property
     def level_stage(self) -> LevelStage:
@@ -485,8 +485,7 @@ class GrainNode(NeuralNode):
 
     def reset(self) -> None:
         self._stream = None
-        if self._kept is not None:
-            self._kept.reset()
+        self._kept.reset()
         self.level_stage.reset()
 
     def _new_stream(self, channels: int, sample_rate: float) -> dict:
@@ -512,8 +511,7 @@ class GrainNode(NeuralNode):
         """A new stream's state; the model path's is the measuring pass's where that pass kept its
         output (``KeptPass``): the render pass reads the output back, then carries on from there."""
         fresh = self._new_stream(channels, sample_rate)
-        kept = None if self._kept is None else self._kept.resume(
-            lambda state: (state["sr"], state["channels"]) == (fresh["sr"], channels))
+        kept = self._kept.resume(lambda state: (state["sr"], state["channels"]) == (fresh["sr"], channels))
         if kept is not None:
             kept.update(input_delay=fresh["input_delay"], priming=fresh["priming"])  # this pass's own
             return kept
@@ -523,15 +521,14 @@ class GrainNode(NeuralNode):
         state = self._stream
         if state is None or state["sr"] != int(round(sample_rate)) or state["channels"] != x.shape[0]:
             state = self._stream = self._start_stream(x.shape[0], sample_rate)
-        kept = None if self._kept is None else self._kept.take(x.shape[-1])
+        kept = self._kept.take(x.shape[-1])
         if kept is not None:  # the measuring pass's output, then what follows it
             rest = x[:, kept.shape[-1] :]
             if rest.shape[-1]:
                 kept = np.concatenate([kept, self._model_rows(rest, state)], axis=-1)
         else:
             kept = self._model_rows(x, state)
-            if self._kept is not None:
-                self._kept.record(kept)
+            self._kept.record(kept)
         return (kept[: x.shape[0]], kept[x.shape[0] :]) if "high" in state else (kept, None)
 
     def _model_rows(self, x: np.ndarray, state: dict) -> np.ndarray:
@@ -579,19 +576,15 @@ class GrainNode(NeuralNode):
         return self.grain != 0.0 and self.level_stage.needs_measure
 
     def begin_measure(self) -> None:
-        if self._kept is None:
-            self._kept = KeptPass()
         self._kept.begin()  # the pass's model output is kept: a streamed file runs the model once
         self.level_stage.begin_measure()
 
     def end_measure(self) -> None:
-        if self._kept is not None:
-            self._kept.end(self._stream)
+        self._kept.end(self._stream)
         self.level_stage.end_measure()
 
     def forget_measure(self) -> None:
-        if self._kept is not None:
-            self._kept.forget()
+        self._kept.forget()
         self.level_stage.forget_measure()
 
 

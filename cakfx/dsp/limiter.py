@@ -35,12 +35,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.ndimage import maximum_filter1d
+from scipy.ndimage import maximum_filter1d, uniform_filter1d
 
 from cakfx.dsp.loudness import (
-    OVERSAMPLE,
+    PEAK_BOUND,
     TAPS_PER_PHASE,
-    TRUE_PEAK_FIR,
     gated_loudness,
     oversampled_magnitude,
 )
@@ -52,11 +51,7 @@ RELEASE_FLOOR_DB = 0.1  # the release aims this far below 0 dB: it ends at unity
 ROUNDING_DB = 0.001  # aimed this far under the ceiling: float32 output and sidechain round
 HALF_SPAN = TAPS_PER_PHASE // 2  # the true-peak filter's reach either side of a sample
 CHUNK = 1 << 15  # samples per internal step (bounds memory and alpha ** -k)
-# window[r] * _TAPS[r, p], summed over r, is phase p of the oversampled signal at the window's last sample
-_TAPS = np.array([[TRUE_PEAK_FIR[p + OVERSAMPLE * (TAPS_PER_PHASE - 1 - r)] for p in range(OVERSAMPLE)]
-                  for r in range(TAPS_PER_PHASE)])
-# |oversampled value at a window's last sample| <= this weighted sum of the window's magnitudes
-_REACH = (np.abs(_TAPS).max(axis=1) * (1 + 1e-6))[::-1].copy()
+_BOUND = PEAK_BOUND * (1 + 1e-5)  # the float32 sidechain may round a value up past PEAK_BOUND's
 
 
 def lookahead_samples(sample_rate: float, lookahead_ms: float = LOOKAHEAD_MS) -> int:
@@ -110,31 +105,37 @@ class TruePeakLimiter:
         block = np.asarray(block)
         if block.shape[-1] == 0:
             return block.copy()
-        if block.shape[-1] > self._step:
-            return np.concatenate([self.process(block[:, a : a + self._step])
-                                   for a in range(0, block.shape[-1], self._step)], axis=1)
-        gain_db = self._smooth(self._release(self._held(self._required(block))))
+        gain_db = self._gain_db(block, block.shape[-1])
         joined = np.concatenate([self._delay, block.astype(self._delay.dtype, copy=False)], axis=1)
         out, self._delay = joined[:, : block.shape[-1]], joined[:, block.shape[-1] :]
-        if not gain_db.any():
-            return out.astype(block.dtype, copy=False)
-        self.reduction_db = max(self.reduction_db, float(gain_db.max()))
-        gain = 10.0 ** (-gain_db / 20.0)
-        return (out * gain.astype(out.dtype)).astype(block.dtype, copy=False)
+        return _apply_gain(out, gain_db, block.dtype)
 
-    def _required(self, block: np.ndarray) -> np.ndarray:
-        """dB over the ceiling around each sample, ``HALF_SPAN`` samples behind the newest input."""
-        xs = np.concatenate([self._x, block], axis=1)
-        self._x = xs[:, xs.shape[1] - 2 * HALF_SPAN :]
-        n = block.shape[-1]
+    def _gain_db(self, signal: np.ndarray, length: int) -> np.ndarray:
+        """Gain reduction (dB) for the next ``length`` input samples: ``signal`` followed by
+        zeros (``limit`` runs its tail in the same pass), in steps of at most ``_step``."""
+        gain_db = np.empty(length)
+        for a in range(0, length, self._step):
+            b = min(a + self._step, length)
+            # the sidechain's input: the history it keeps, then this step's samples (zeros past the end)
+            xs = np.zeros((self.channels, 2 * HALF_SPAN + b - a))
+            xs[:, : 2 * HALF_SPAN] = self._x
+            xs[:, 2 * HALF_SPAN : 2 * HALF_SPAN + max(0, min(b, signal.shape[-1]) - a)] = signal[:, a:b]
+            gain_db[a:b] = self._smooth(self._release(self._held(self._required(xs))))
+        if length:
+            self.reduction_db = max(self.reduction_db, float(gain_db.max()))
+        return gain_db
+
+    def _required(self, xs: np.ndarray) -> np.ndarray:
+        """dB over the ceiling around each new sample of ``xs`` (the kept history, then the new
+        input), ``HALF_SPAN`` samples behind the newest input."""
+        self._x = xs[:, xs.shape[1] - 2 * HALF_SPAN :].copy()
+        n = xs.shape[1] - 2 * HALF_SPAN
         magnitude = np.abs(xs).max(axis=0)
         # oversampled values at xs[15 + k] (k = 0..n) lie 7.125-7.875 samples back: around
-        # xs[8 + k] they are those of k and k + 1; only those a bound puts near the ceiling are computed
-        reach = np.convolve(magnitude, _REACH, "valid")
+        # xs[8 + k] they are those of k and k + 1; only where a bound puts them near the ceiling
         peak = magnitude[HALF_SPAN : HALF_SPAN + n]
-        if (reach > self.ceiling).any():
-            # float32: 1e-7 of a peak is far below any ceiling's precision, and twice as fast
-            oversampled = oversampled_magnitude(xs, "float32").max(axis=0).astype(np.float64)
+        oversampled = _oversampled_near(xs, magnitude, self.ceiling)
+        if oversampled is not None:
             peak = np.maximum(peak, np.maximum(oversampled[:-1], oversampled[1:]))
         over = (peak > self.ceiling) & (peak < np.inf)  # a non-finite sample passes, the gain ignores it
         required = np.zeros(n)
@@ -161,10 +162,60 @@ class TruePeakLimiter:
             if not joined.any():
                 d = np.zeros(d.size)
                 continue
-            sums = np.concatenate([[0.0], np.cumsum(joined)])
-            d = (sums[length:] - sums[:-length]) / length
-            d[d < 1e-9] = 0.0
+            # the mean of joined[j : j + length] for each new sample j (a running sum, in C)
+            d = uniform_filter1d(joined, length)[length // 2 : length // 2 + d.size]
+            d[d < 1e-9] = 0.0  # rounding left over after a peak: unity gain exactly
         return d
+
+
+def _apply_gain(audio: np.ndarray, gain_db: np.ndarray, dtype) -> np.ndarray:
+    """``audio`` times the gain ``-gain_db`` dB, computed in float64, as ``dtype`` (a new array
+    unless ``audio`` is float64 already and no gain applies); columns at 0 dB are untouched."""
+    active = np.count_nonzero(gain_db)
+    if active == 0:
+        return audio.astype(dtype, copy=False)
+    out = np.empty(audio.shape, dtype)
+    if active < audio.shape[-1] // 4:  # a few peaks: scale only their neighbourhoods
+        at = np.flatnonzero(gain_db)
+        out[...] = audio
+        out[:, at] = audio[:, at] * np.exp(gain_db[at] * _NEG_DB_TO_LN)
+        return out
+    # float64 products (as float64 input times the gain), rounded once into the output
+    return np.multiply(audio, np.exp(gain_db * _NEG_DB_TO_LN), out=out, dtype=np.float64, casting="unsafe")
+
+
+_NEG_DB_TO_LN = -math.log(10.0) / 20.0  # exp(-dB · this) is 10 ** (-dB / 20), several times faster
+SEGMENT = 64  # oversampled positions per segment judged by the bound
+
+
+def _oversampled_near(xs: np.ndarray, magnitude: np.ndarray, ceiling: float) -> np.ndarray | None:
+    """The oversampled magnitude (largest over channels and phases) at the ``n + 1`` positions of
+    ``xs`` (``n`` new samples after ``2 * HALF_SPAN`` of history) where it could exceed ``ceiling``,
+    0 where it cannot; None where it cannot anywhere.
+
+    A position's value is at most ``PEAK_BOUND`` times the largest sample it is made of, so only
+    ``SEGMENT``-position stretches whose input peaks above ``ceiling / PEAK_BOUND`` are computed
+    (float32: 1e-7 of a peak is far below any ceiling's precision, and twice as fast).
+    """
+    positions = magnitude.size - 2 * HALF_SPAN + 1
+    count = -(-positions // SEGMENT)
+    padded = np.zeros((count + 1) * SEGMENT)
+    padded[: magnitude.size] = magnitude
+    # segment s reads blocks s and s + 1 (it needs 2 * HALF_SPAN - 1 <= SEGMENT more samples)
+    block_max = padded.reshape(count + 1, SEGMENT).max(axis=1)
+    near = ~(np.maximum(block_max[:-1], block_max[1:]) * _BOUND <= ceiling)  # NaN: computed, as before
+    if not near.any():
+        return None
+    if near.mean() > 0.5:  # most of it: one pass over everything
+        return oversampled_magnitude(xs, "float32").max(axis=0).astype(np.float64)
+    starts = np.flatnonzero(near) * SEGMENT
+    rows = np.zeros((xs.shape[0], (count + 1) * SEGMENT))
+    rows[:, : xs.shape[1]] = xs
+    windows = rows[:, starts[:, None] + np.arange(SEGMENT + 2 * HALF_SPAN - 1)]
+    values = oversampled_magnitude(windows.reshape(-1, windows.shape[-1]), "float32")
+    out = np.zeros((count, SEGMENT))
+    out[near] = values.reshape(xs.shape[0], starts.size, SEGMENT).max(axis=0)
+    return out.ravel()[:positions]
 
 
 def release_curve(held: np.ndarray, alpha: float,
@@ -176,12 +227,33 @@ def release_curve(held: np.ndarray, alpha: float,
     floor = RELEASE_FLOOR_DB
     if not held.any() and state == floor:
         return held, state
-    decay = alpha ** np.arange(1, held.size + 1)
-    e = decay * np.maximum.accumulate(np.maximum((held + floor) / decay, state))
-    e[0] = max(held[0] + floor, alpha * state)  # the first sample exactly
-    d = e - floor
+    decay = _decay(alpha, held.size)
+    d = np.add(held, floor)
+    np.divide(d, decay, out=d)
+    np.maximum(d, state, out=d)
+    np.maximum.accumulate(d, out=d)
+    np.multiply(d, decay, out=d)
+    d[0] = max(held[0] + floor, alpha * state)  # the first sample exactly
+    np.subtract(d, floor, out=d)
     d[d < 1e-9] = 0.0  # rounding left over from the decay: unity gain exactly
     return d, (float(d[-1] + floor) if d[-1] > 0 else floor)
+
+
+_decays: dict[float, np.ndarray] = {}
+
+
+def _decay(alpha: float, size: int) -> np.ndarray:
+    """``alpha ** [1 .. size]``, kept per ``alpha`` (the same values: each power is computed alone)."""
+    decay = _decays.get(alpha)
+    if decay is None or decay.size < size:
+        if len(_decays) > 16:  # a few release settings at a time; a sweep of them starts afresh
+            _decays.clear()
+        decay = _decays[alpha] = alpha ** np.arange(1, max(size, 1024) + 1)
+        decay.flags.writeable = False
+    return decay[:size]
+
+
+
 
 
 class BlockPeaks:
@@ -238,6 +310,10 @@ def limit(audio: np.ndarray, ceiling_db: float, sample_rate: float, **kwargs) ->
     """``audio`` (``(C, N)``) limited to ``ceiling_db`` true peak, aligned with the input."""
     audio = np.asarray(audio)
     limiter = TruePeakLimiter(ceiling_db, sample_rate, audio.shape[0], **kwargs)
-    tail = np.zeros((audio.shape[0], limiter.latency), audio.dtype)
-    out = np.concatenate([limiter.process(audio), limiter.process(tail)], axis=1)
-    return out[:, limiter.latency :]
+    if audio.shape[-1] == 0:
+        return audio.copy()
+    # the gain for the signal and the ring-out after it in one pass, applied without the delay line
+    gain_db = limiter._gain_db(audio, audio.shape[-1] + limiter.latency)[limiter.latency :]
+    if not gain_db.any():
+        return audio.copy()
+    return _apply_gain(audio, gain_db, audio.dtype)

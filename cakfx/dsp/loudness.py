@@ -56,7 +56,7 @@ TRUE_PEAK_FIR = OVERSAMPLE * signal.firwin(
 # An oversampled value is at most this times the largest input sample it is made of (1.91:
 # the largest sum of a phase's |taps|; the margin covers rounding), so stretches of signal
 # that low cannot hold a peak above one already found and are not oversampled at all.
-_PEAK_BOUND = max(float(np.abs(TRUE_PEAK_FIR[p::OVERSAMPLE]).sum()) for p in range(OVERSAMPLE)) * (1 + 1e-9)
+PEAK_BOUND = max(float(np.abs(TRUE_PEAK_FIR[p::OVERSAMPLE]).sum()) for p in range(OVERSAMPLE)) * (1 + 1e-9)
 SEGMENT = 256  # oversampled outputs per segment judged by that bound
 CHUNK = 1 << 16  # whole-signal functions measure this many samples per channel at a time
 
@@ -357,7 +357,7 @@ def _oversampled_peak(joined: np.ndarray, known: float = 0.0) -> float:
 
     Polyphase: phase ``p`` of the output is ``joined`` convolved with every ``OVERSAMPLE``-th
     tap from ``p`` (direct sums, so any chunking gives the same values).
-    Only segments whose input could reach past ``known`` (``_PEAK_BOUND``) are computed,
+    Only segments whose input could reach past ``known`` (``PEAK_BOUND``) are computed,
     loudest first, raising ``known`` as they go.
     """
     channels, length = joined.shape
@@ -365,7 +365,7 @@ def _oversampled_peak(joined: np.ndarray, known: float = 0.0) -> float:
     if outputs <= 0:
         return 0.0
     if outputs <= 4 * SEGMENT:  # a short block: all of it at once, without the bookkeeping
-        if float(np.abs(joined).max()) * _PEAK_BOUND <= known:
+        if float(np.abs(joined).max()) * PEAK_BOUND <= known:
             return 0.0
         return float(oversampled_magnitude(joined).max())
     count = -(-outputs // SEGMENT)
@@ -373,7 +373,7 @@ def _oversampled_peak(joined: np.ndarray, known: float = 0.0) -> float:
     padded[:, :length] = joined
     # the input of segment s is blocks s and s + 1 (it needs TAPS_PER_PHASE - 1 <= SEGMENT more)
     block_max = np.abs(padded).reshape(channels, count + 1, SEGMENT).max(axis=-1)
-    reach = (np.maximum(block_max[:, :-1], block_max[:, 1:]) * _PEAK_BOUND).ravel()
+    reach = (np.maximum(block_max[:, :-1], block_max[:, 1:]) * PEAK_BOUND).ravel()
     if float(reach.max()) <= known:
         return 0.0
     order = np.argsort(-reach, kind="stable")

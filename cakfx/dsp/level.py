@@ -94,7 +94,14 @@ import math
 
 import numpy as np
 
-from cakfx.dsp.limiter import BlockPeaks, TruePeakLimiter, limit, limited_loudness, limiter_latency
+from cakfx.dsp.limiter import (
+    BlockPeaks,
+    TruePeakLimiter,
+    held_block_peaks,
+    limit,
+    limited_loudness,
+    limiter_latency,
+)
 from cakfx.dsp.loudness import LoudnessMeter, PeakMeter, integrated_loudness, true_peak_db, true_peak_exceeds
 from cakfx.dsp.resample import DelayLine
 
@@ -132,6 +139,15 @@ def _rms(a: np.ndarray, axis=None) -> np.ndarray | float:
     return np.sqrt(np.mean(np.square(a, dtype=np.float64), axis=axis))
 
 
+def _finite_copy(a: np.ndarray, dtype=None) -> np.ndarray:
+    """A copy of ``a`` with NaN and infinities as 0 (the check alone where all are finite: 10x
+    cheaper than ``nan_to_num``)."""
+    a = np.asarray(a, dtype=dtype)
+    if np.isfinite(a).all():
+        return a.copy()
+    return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _db_to_gain(db: float) -> float:
     return 10.0 ** (db / 20.0)
 
@@ -141,7 +157,7 @@ def _model_band(x: np.ndarray, y: np.ndarray, high) -> tuple[np.ndarray, np.ndar
     it that both carry unchanged (``high`` None: ``(x, y, None)``)."""
     if high is None:
         return x, y, None
-    h = np.nan_to_num(np.asarray(_to_numpy(high)[0], dtype=y.dtype), nan=0.0, posinf=0.0, neginf=0.0)
+    h = _finite_copy(_to_numpy(high)[0], y.dtype)
     return x - h.astype(x.dtype, copy=False), y - h, h
 
 
@@ -165,9 +181,11 @@ def limiter_drive_db(powers: np.ndarray, peaks_db: np.ndarray, gain_db: float, c
     that much, and none is driven by more than ``DRIVE_PER_LOSS`` dB per LU it takes undriven.
     """
     def shortfall(drive: float) -> float:
-        estimate = limited_loudness(powers, peaks_db, gain_db + drive, ceiling_db, sample_rate, DRIVE_BLOCK)
+        estimate = limited_loudness(powers, held_peaks, gain_db + drive, ceiling_db, sample_rate, DRIVE_BLOCK,
+                                    held=True)
         return estimate - (target - DRIVE_TOLERANCE_LU)
 
+    held_peaks = held_block_peaks(peaks_db, sample_rate, DRIVE_BLOCK)  # once for the whole search
     target = limited_loudness(powers, peaks_db, gain_db, math.inf, sample_rate, DRIVE_BLOCK)
     loss = DRIVE_TOLERANCE_LU - shortfall(0.0) if math.isfinite(target) else 0.0
     if loss <= DRIVE_TOLERANCE_LU:
@@ -238,7 +256,7 @@ class LevelStage:
         """
         xa, _ = _to_numpy(x)
         ya, back = _to_numpy(y_raw)
-        ya = np.nan_to_num(np.asarray(ya), nan=0.0, posinf=0.0, neginf=0.0)
+        ya = _finite_copy(ya)
         if self.mode == "off":
             return back(ya)
         if self.mode == "original":
@@ -363,7 +381,7 @@ class LevelStage:
         """
         xa, _ = _to_numpy(x_block)
         ya, back = _to_numpy(y_raw_block)
-        ya = np.nan_to_num(np.asarray(ya, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        ya = _finite_copy(ya, np.float32)
         sr = int(round(sample_rate))
         state = self._state
         xa = np.asarray(xa)

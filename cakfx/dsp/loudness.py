@@ -181,6 +181,7 @@ class LoudnessMeter:
         self.record = int(record)  # > 0: keep the power summed over every ``record`` samples
         self._sos, self._gain = k_weighting(self.sample_rate)
         self._gains = _channel_gains(self.channels)[:, None]
+        self._unit_gains = bool((self._gains == 1.0).all())
         self._block_len = BLOCK_SECONDS * self.sample_rate  # float, as pyloudnorm's bounds
         self.reset()
 
@@ -217,8 +218,11 @@ class LoudnessMeter:
             return
         y, self._zi = signal.sosfilt(self._sos, y, axis=-1, zi=self._zi)
         if self._gain != 1.0:
-            y = y * self._gain
-        power = (self._gains * np.square(y)).sum(axis=0)
+            np.multiply(y, self._gain, out=y)  # in place: y is sosfilt's own array
+        np.square(y, out=y)
+        if not self._unit_gains:  # a weight of 1.0 is exact: skipped
+            np.multiply(y, self._gains, out=y)
+        power = y.sum(axis=0)
         self._pending = np.concatenate([self._pending, power])
         if self.record:
             joined = np.concatenate([self._record_tail, power])

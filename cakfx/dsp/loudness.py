@@ -57,7 +57,7 @@ TRUE_PEAK_FIR = OVERSAMPLE * signal.firwin(
 # the largest sum of a phase's |taps|; the margin covers rounding), so stretches of signal
 # that low cannot hold a peak above one already found and are not oversampled at all.
 PEAK_BOUND = max(float(np.abs(TRUE_PEAK_FIR[p::OVERSAMPLE]).sum()) for p in range(OVERSAMPLE)) * (1 + 1e-9)
-SEGMENT = 256  # oversampled outputs per segment judged by that bound
+SEGMENT = 64  # oversampled outputs per segment judged by a bound
 CHUNK = 1 << 16  # whole-signal functions measure this many samples per channel at a time
 
 
@@ -333,9 +333,10 @@ class PeakMeter:
         n = x.shape[1]
         if n == 0:
             return
-        magnitude = np.abs(x)
-        self._sample_peak = max(self._sample_peak, float(magnitude.max()))
-        self.clipped += int(np.count_nonzero(magnitude > self.limit))
+        peak = max(float(x.max()), -float(x.min()))  # two reductions, no |x| copy
+        self._sample_peak = max(self._sample_peak, peak)
+        if peak > self.limit:  # else none clipped
+            self.clipped += int(np.count_nonzero(np.abs(x) > self.limit))
         joined = np.concatenate([self._history, x], axis=1)
         known = max(self._sample_peak, self._oversampled_peak)
         self._oversampled_peak = max(self._oversampled_peak, _oversampled_peak(joined, known))
@@ -360,9 +361,9 @@ def _oversampled_peak(joined: np.ndarray, known: float = 0.0) -> float:
     (else some value not above ``known``).
 
     Polyphase: phase ``p`` of the output is ``joined`` convolved with every ``OVERSAMPLE``-th
-    tap from ``p`` (direct sums, so any chunking gives the same values).
-    Only segments whose input could reach past ``known`` (``PEAK_BOUND``) are computed,
-    loudest first, raising ``known`` as they go.
+    tap from ``p``. Only segments whose input could reach past ``known`` (``PEAK_BOUND``) are
+    oversampled, in float32 (8x faster than float64 in torch); the positions within float32's
+    rounding of the largest are then computed again in float64, so the result is float64's.
     """
     channels, length = joined.shape
     outputs = length - (TAPS_PER_PHASE - 1)
@@ -376,26 +377,28 @@ def _oversampled_peak(joined: np.ndarray, known: float = 0.0) -> float:
     padded = np.zeros((channels, (count + 1) * SEGMENT))
     padded[:, :length] = joined
     # the input of segment s is blocks s and s + 1 (it needs TAPS_PER_PHASE - 1 <= SEGMENT more)
-    block_max = np.abs(padded).reshape(channels, count + 1, SEGMENT).max(axis=-1)
-    reach = (np.maximum(block_max[:, :-1], block_max[:, 1:]) * PEAK_BOUND).ravel()
-    if float(reach.max()) <= known:
+    edges = np.arange(0, padded.shape[1], SEGMENT)
+    block_max = np.stack([np.maximum.reduceat(np.abs(row), edges) for row in padded])  # per row: 5x faster
+    reach = np.maximum(block_max[:, :-1], block_max[:, 1:]) * PEAK_BOUND
+    rows, segments = np.nonzero(reach > known)
+    if rows.size == 0:
         return 0.0
-    order = np.argsort(-reach, kind="stable")
-    order = order[reach[order] > known]
-    first = 4  # the loudest few alone first: the peak they give rules out most of the rest
-    peak = _segment_peak(padded, outputs, order[:first] // count, order[:first] % count)
-    rest = order[first:][reach[order[first:]] > max(known, peak)]
-    if rest.size:  # then the rest in one go
-        peak = max(peak, _segment_peak(padded, outputs, rest // count, rest % count))
-    return peak
-
-
-def _segment_peak(padded: np.ndarray, outputs: int, rows: np.ndarray, segments: np.ndarray) -> float:
-    """Largest oversampled magnitude over the given (row, segment) pairs of valid outputs."""
     starts = segments * SEGMENT
     windows = padded[rows[:, None], starts[:, None] + np.arange(SEGMENT + TAPS_PER_PHASE - 1)]
-    valid = np.arange(SEGMENT) < (outputs - starts)[:, None]  # the last segment may be short
-    return float(oversampled_magnitude(windows)[valid].max())
+    rough = oversampled_magnitude(windows, "float32")
+    rough[np.arange(SEGMENT) >= (outputs - starts)[:, None]] = 0.0  # the last segment may be short
+    top = float(rough.max())
+    if top * (1 + _ROUGH) <= known:
+        return top
+    # float32 is within _ROUGH of float64 there: the positions that may hold the peak, exactly
+    near, at = np.nonzero(rough >= top * (1 - _ROUGH))
+    exact = windows[near[:, None], at[:, None] + np.arange(TAPS_PER_PHASE)] @ _PHASES.T
+    return float(np.abs(exact).max())
+
+
+_ROUGH = 1e-4  # float32's error on an oversampled value near the peak, relative (measured ~3e-6 at most)
+# row r of a window times _PHASES[p], summed, is phase p of the oversampled value at the window's end
+_PHASES = np.stack([TRUE_PEAK_FIR[p::OVERSAMPLE][::-1] for p in range(OVERSAMPLE)])
 
 
 def oversampled_magnitude(rows: np.ndarray, dtype: str = "float64") -> np.ndarray:

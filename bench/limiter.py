@@ -8,14 +8,21 @@ Sound, per signal: true peak out (dBTP), loudness change (LU), pumping (spread o
 short-term gain, 10th-90th percentile, dB) and, for sines pushed 6 dB over the ceiling, the
 distortion: energy outside the fundamental's +-20 Hz relative to the whole, after 0.5 s (dB).
 
-Usage: .venv/bin/python bench/limiter.py [--seconds 20] [--repeats 5]
+``--before REV``: also times cakfx's limiter as it was at git revision REV (its
+cakfx/dsp/limiter.py on today's loudness module), interleaved with today's, and prints how far
+today's output is from it (max |diff|, true peak).
+
+Usage: .venv/bin/python bench/limiter.py [--seconds 20] [--repeats 5] [--before 0862a99]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import time
+import types
+from pathlib import Path
 
 import numpy as np
 from pedalboard import BrickwallLimiter
@@ -39,6 +46,15 @@ def cakfx_limit(x: np.ndarray) -> np.ndarray:
 
 LIMITERS = {"pedalboard": pedalboard_limit, "cakfx": cakfx_limit}
 
+
+def limiter_at(rev: str):
+    """``limit`` from cakfx/dsp/limiter.py as it was at git revision ``rev``."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{rev}:cakfx/dsp/limiter.py"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType(f"limiter_{rev}")
+    exec(compile(source, f"{rev}:cakfx/dsp/limiter.py", "exec"), module.__dict__)
+    return lambda x: module.limit(x, CEILING, SR)
 
 
 def music(seconds: float, over_db: float) -> np.ndarray:
@@ -72,7 +88,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--before", metavar="REV", help="also time the limiter as it was at git revision REV")
     args = parser.parse_args()
+    if args.before:
+        LIMITERS[f"cakfx@{args.before}"] = limiter_at(args.before)
 
     signals = {"drums+pad +6 dB": music(args.seconds, 6.0), "drums+pad +3 dB": music(args.seconds, 3.0)}
     for name, x in signals.items():
@@ -88,13 +107,21 @@ def main() -> None:
             f"{k} {mins[k] * 1e3:.1f}/{meds[k] * 1e3:.1f} ms" for k in LIMITERS)
             + f" (min/median); pedalboard/cakfx {mins['pedalboard'] / mins['cakfx']:.2f}x min, "
             f"{meds['pedalboard'] / meds['cakfx']:.2f}x median")
+        if args.before:
+            old, new = LIMITERS[f"cakfx@{args.before}"](x), cakfx_limit(x)
+            before = f"cakfx@{args.before}"
+            diff = np.abs(old.astype(np.float64) - new).max()
+            print(f"  cakfx@{args.before}/cakfx {mins[before] / mins['cakfx']:.2f}x min, "
+                  f"{meds[before] / meds['cakfx']:.2f}x median; output max |diff| "
+                  f"{diff:.1e} (bit-identical: {np.array_equal(old, new)}), "
+                  f"true peak {true_peak_db(old):.4f} -> {true_peak_db(new):.4f} dBTP")
 
     print("\n| signal | limiter | true peak dBTP | loudness change LU | pumping dB | splatter dB |")
     print("|---|---|---|---|---|---|")
     sines = {f"sine {hz:g} Hz +6 dB": sine(hz) for hz in (40.0, 100.0, 1000.0)}
     cases = {**signals, **sines}
     for name, x in cases.items():
-        for k, f in LIMITERS.items():
+        for k, f in {"pedalboard": pedalboard_limit, "cakfx": cakfx_limit}.items():
             y = f(x)
             change = integrated_loudness(y, SR) - integrated_loudness(x, SR)
             hz = float(name.split()[1]) if name in sines else None

@@ -186,6 +186,7 @@ def _apply_gain(audio: np.ndarray, gain_db: np.ndarray, dtype) -> np.ndarray:
 
 _NEG_DB_TO_LN = -math.log(10.0) / 20.0  # exp(-dB · this) is 10 ** (-dB / 20), several times faster
 SEGMENT = 64  # oversampled positions per segment judged by the bound
+DENSE_SHARE = 0.5  # with more of a step's segments near the ceiling, one pass over all of it is cheaper
 
 
 def _oversampled_near(xs: np.ndarray, magnitude: np.ndarray, ceiling: float) -> np.ndarray | None:
@@ -199,14 +200,14 @@ def _oversampled_near(xs: np.ndarray, magnitude: np.ndarray, ceiling: float) -> 
     """
     positions = magnitude.size - 2 * HALF_SPAN + 1
     count = -(-positions // SEGMENT)
-    padded = np.zeros((count + 1) * SEGMENT)
-    padded[: magnitude.size] = magnitude
     # segment s reads blocks s and s + 1 (it needs 2 * HALF_SPAN - 1 <= SEGMENT more samples)
-    block_max = padded.reshape(count + 1, SEGMENT).max(axis=1)
+    block_max = np.zeros(count + 1)
+    maxima = np.maximum.reduceat(magnitude, np.arange(0, magnitude.size, SEGMENT))  # 3x a reshaped max
+    block_max[: maxima.size] = maxima
     near = ~(np.maximum(block_max[:-1], block_max[1:]) * _BOUND <= ceiling)  # NaN: computed, as before
     if not near.any():
         return None
-    if near.mean() > 0.5:  # most of it: one pass over everything
+    if near.mean() > DENSE_SHARE:
         return oversampled_magnitude(xs, "float32").max(axis=0).astype(np.float64)
     starts = np.flatnonzero(near) * SEGMENT
     rows = np.zeros((xs.shape[0], (count + 1) * SEGMENT))

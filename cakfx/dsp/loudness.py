@@ -58,6 +58,7 @@ TRUE_PEAK_FIR = OVERSAMPLE * signal.firwin(
 # that low cannot hold a peak above one already found and are not oversampled at all.
 PEAK_BOUND = max(float(np.abs(TRUE_PEAK_FIR[p::OVERSAMPLE]).sum()) for p in range(OVERSAMPLE)) * (1 + 1e-9)
 SEGMENT = 64  # oversampled outputs per segment judged by a bound
+SHORT = 1 << 13  # up to this many outputs the float64 oversampling of everything is the cheaper
 CHUNK = 1 << 16  # whole-signal functions measure this many samples per channel at a time
 
 
@@ -369,7 +370,7 @@ def _oversampled_peak(joined: np.ndarray, known: float = 0.0) -> float:
     outputs = length - (TAPS_PER_PHASE - 1)
     if outputs <= 0:
         return 0.0
-    if outputs <= 4 * SEGMENT:  # a short block: all of it at once, without the bookkeeping
+    if outputs <= SHORT:  # a short block: all of it at once, without the bookkeeping
         if float(np.abs(joined).max()) * PEAK_BOUND <= known:
             return 0.0
         return float(oversampled_magnitude(joined).max())

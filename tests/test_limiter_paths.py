@@ -187,3 +187,17 @@ def test_the_meters_float32_search_finds_float64s_true_peak(name):
         meter.process(x[:, a : a + 5003])
     assert meter.true_peak_db == pytest.approx(expected, abs=1e-9)
     assert meter.clipped == int(np.count_nonzero(np.abs(x) > 1.0))
+
+
+def test_the_limiter_decision_asks_the_model_bands_true_peak_as_the_bound_does():
+    from cakfx.dsp.level import _peak_bound_db, _peak_bound_exceeds
+
+    rng = np.random.default_rng(8)
+    model = rng.normal(0, 0.1, (2, 20_000))
+    model[1, 12_345] = 0.6
+    peak = true_peak_db(model)
+    for high_peak_db in (-math.inf, -30.0, -6.0, -1.0, 0.0):
+        for gain_db in (-12.0, -3.0, 0.0, 3.0):
+            bound = _peak_bound_db(gain_db, peak, high_peak_db)
+            for ceiling_db in (bound - 1e-6, bound + 1e-6, bound - 0.5, -6.0, -1.0, -0.5):
+                assert _peak_bound_exceeds(model, gain_db, high_peak_db, ceiling_db) == (bound > ceiling_db)

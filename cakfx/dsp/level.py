@@ -220,6 +220,15 @@ def _peak_bound_db(gain_db: float, model_peak_db: float, high_peak_db: float = -
     return 20.0 * math.log10(peak) if peak > 0 else -math.inf
 
 
+def _peak_bound_exceeds(model: np.ndarray, gain_db: float, high_peak_db: float, ceiling_db: float) -> bool:
+    """``_peak_bound_db(gain_db, true_peak_db(model), high_peak_db) > ceiling_db``, asked of the
+    model band's true peak directly (``true_peak_exceeds``: it stops at the first peak over)."""
+    room = _db_to_gain(ceiling_db) - _db_to_gain(high_peak_db)
+    if room <= 0.0:  # the high band alone reaches the ceiling
+        return _peak_bound_db(gain_db, true_peak_db(model), high_peak_db) > ceiling_db
+    return true_peak_exceeds(model, 20.0 * math.log10(room) - gain_db)
+
+
 class LevelStage:
     """The output level stage of a neural effect (see the module docstring for the manual).
 
@@ -272,7 +281,7 @@ class LevelStage:
             limiting = true_peak_exceeds(out, self.ceiling_db)
         else:
             # the bound a stream can measure too, so offline and streamed renders decide alike
-            limiting = _peak_bound_db(gain_db, true_peak_db(ya), high_peak_db) > self.ceiling_db
+            limiting = _peak_bound_exceeds(ya, gain_db, high_peak_db, self.ceiling_db)
         drive = 0.0
         if limiting:
             peaks = BlockPeaks(DRIVE_BLOCK)

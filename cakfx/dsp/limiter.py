@@ -9,7 +9,7 @@ The gain (one for all channels) is computed in dB from a sidechain:
 1. required reduction ``a[m] = max(0, peak(m) / ceiling in dB)``, where ``peak(m)`` is the sample
    magnitude and the 4x oversampled magnitudes of the BS.1770-4 true-peak filter within half a
    sample of ``m`` (``cakfx.dsp.loudness``'s filter, so its meter reads what the limiter saw);
-   stretches that cannot reach the ceiling are not oversampled at all;
+   only ``SEGMENT``-sample stretches whose samples could reach the ceiling are oversampled;
 2. hold: the largest ``a`` over the look-ahead window plus the filter's half span either side,
    and over ``hold_ms`` after (so a low sine's gain does not ripple between its peaks);
 3. release: ``d[n] = max(hold[n], alpha·d[n-1] - floor·(1 - alpha))`` -- exponential in dB with
@@ -20,6 +20,8 @@ The gain (one for all channels) is computed in dB from a sidechain:
    filter's span around it).
 
 Where nothing is near the ceiling the gain is exactly 1 (the output is the input, delayed).
+``limit`` computes the gain for the signal and its ring-out in one pass and applies it without
+the delay line (what ``process`` gives, to float rounding).
 
 >>> import numpy as np
 >>> from cakfx.dsp.loudness import true_peak_db

@@ -53,7 +53,10 @@ RELEASE_FLOOR_DB = 0.1  # the release aims this far below 0 dB: it ends at unity
 ROUNDING_DB = 0.001  # aimed this far under the ceiling: float32 output and sidechain round
 HALF_SPAN = TAPS_PER_PHASE // 2  # the true-peak filter's reach either side of a sample
 CHUNK = 1 << 15  # samples per internal step (bounds memory and alpha ** -k)
+SEGMENT = 64  # sidechain positions per segment judged by a bound before they are oversampled
+DENSE_SHARE = 0.5  # with more of a step's segments near the ceiling, one pass over all of it is cheaper
 _BOUND = PEAK_BOUND * (1 + 1e-5)  # the float32 sidechain may round a value up past PEAK_BOUND's
+_NEG_DB_TO_LN = -math.log(10.0) / 20.0  # exp(-dB · this) is 10 ** (-dB / 20), several times faster
 
 
 def lookahead_samples(sample_rate: float, lookahead_ms: float = LOOKAHEAD_MS) -> int:
@@ -186,11 +189,6 @@ def _apply_gain(audio: np.ndarray, gain_db: np.ndarray, dtype) -> np.ndarray:
     return np.multiply(audio, np.exp(gain_db * _NEG_DB_TO_LN), out=out, dtype=np.float64, casting="unsafe")
 
 
-_NEG_DB_TO_LN = -math.log(10.0) / 20.0  # exp(-dB · this) is 10 ** (-dB / 20), several times faster
-SEGMENT = 64  # oversampled positions per segment judged by the bound
-DENSE_SHARE = 0.5  # with more of a step's segments near the ceiling, one pass over all of it is cheaper
-
-
 def _oversampled_near(xs: np.ndarray, magnitude: np.ndarray, ceiling: float) -> np.ndarray | None:
     """The oversampled magnitude (largest over channels and phases) at the ``n + 1`` positions of
     ``xs`` (``n`` new samples after ``2 * HALF_SPAN`` of history) where it could exceed ``ceiling``,
@@ -254,9 +252,6 @@ def _decay(alpha: float, size: int) -> np.ndarray:
         decay = _decays[alpha] = alpha ** np.arange(1, max(size, 1024) + 1)
         decay.flags.writeable = False
     return decay[:size]
-
-
-
 
 
 class BlockPeaks:

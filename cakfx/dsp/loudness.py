@@ -84,9 +84,12 @@ def _chunks(audio: np.ndarray):
     return (audio[..., a : a + CHUNK] for a in range(0, max(audio.shape[-1], 1), CHUNK))
 
 
-def _as_2d(audio) -> np.ndarray:
-    """``(C, N)`` float64 numpy view of a numpy array or torch tensor; rejects non-finite samples."""
-    x = np.asarray(_as_array(audio), dtype=np.float64)
+def _as_2d(audio, any_float: bool = False) -> np.ndarray:
+    """``(C, N)`` float64 numpy view of a numpy array or torch tensor; rejects non-finite samples.
+    ``any_float``: float32 stays float32 (for callers whose next step makes a float64 copy)."""
+    x = _as_array(audio)
+    if not (any_float and x.dtype == np.float32):
+        x = np.asarray(x, dtype=np.float64)
     if x.ndim == 1:
         x = x[None]
     if x.ndim != 2:
@@ -212,7 +215,7 @@ class LoudnessMeter:
 
     def process(self, block) -> None:
         """Add ``block`` (``(C, n)``) to the measurement."""
-        y = _as_2d(block)
+        y = _as_2d(block, any_float=True)  # sosfilt makes the float64 copy
         if y.shape[0] != self.channels:
             raise ValueError(f"LoudnessMeter expects {self.channels} channels, got {y.shape[0]}")
         if y.shape[1] == 0:

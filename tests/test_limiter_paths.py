@@ -187,6 +187,10 @@ def test_the_meters_float32_search_finds_float64s_true_peak(name):
         meter.process(x[:, a : a + 5003])
     assert meter.true_peak_db == pytest.approx(expected, abs=1e-9)
     assert meter.clipped == int(np.count_nonzero(np.abs(x) > 1.0))
+    whole = PeakMeter(x.shape[0])  # one block longer than the meter's internal steps
+    whole.process(np.concatenate([x, x[:, ::-1]], axis=1).astype(np.float32))
+    assert whole.true_peak_db == pytest.approx(oversampled_peak_everywhere(
+        np.concatenate([x, x[:, ::-1]], axis=1).astype(np.float32)), abs=1e-9)
 
 
 def test_the_limiter_decision_asks_the_model_bands_true_peak_as_the_bound_does():

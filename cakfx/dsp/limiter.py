@@ -203,6 +203,10 @@ def _oversampled_near(xs: np.ndarray, magnitude: np.ndarray, ceiling: float) -> 
     (float32: 1e-7 of a peak is far below any ceiling's precision, and twice as fast).
     """
     positions = magnitude.size - 2 * HALF_SPAN + 1
+    if positions <= 4 * SEGMENT:  # a short block (streaming): all of it or none, without the bookkeeping
+        if magnitude.max() * _BOUND <= ceiling:  # NaN: computed
+            return None
+        return oversampled_magnitude(xs, "float32").max(axis=0).astype(np.float64)
     count = -(-positions // SEGMENT)
     # segment s reads blocks s and s + 1 (it needs 2 * HALF_SPAN - 1 <= SEGMENT more samples)
     block_max = np.zeros(count + 1)

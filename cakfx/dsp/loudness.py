@@ -417,7 +417,7 @@ def oversampled_magnitude(rows: np.ndarray, dtype: str = "float64") -> np.ndarra
 
     with serial_torch_ops():
         x = torch.from_numpy(np.ascontiguousarray(rows, dtype=dtype))[:, None]
-        return torch.nn.functional.conv1d(x, _phase_taps(dtype)).abs().amax(dim=1).numpy()
+        return torch.nn.functional.conv1d(x, _phase_taps(dtype)).abs_().amax(dim=1).numpy()
 
 
 @functools.cache

@@ -61,7 +61,15 @@ def bin_boost_cap(power: torch.Tensor) -> torch.Tensor:
 def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,
                 steps: int = REFINE_STEPS, produced: torch.Tensor | None = None,
                 cap_db: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-bin amplitude gain ``sqrt(G)`` with ``fb.mel(G * power)`` close to ``target`` (mel power).
+    """Per-bin amplitude gain ``sqrt(G)`` with ``fb.mel(G * power)`` close to ``target`` (mel power):
+    ``exp`` of ``refine_log_gain``."""
+    return refine_log_gain(power, target, fb, steps, produced, cap_db).exp_()
+
+
+def refine_log_gain(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,
+                    steps: int = REFINE_STEPS, produced: torch.Tensor | None = None,
+                    cap_db: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-bin log amplitude gain ``log sqrt(G)`` with ``fb.mel(G * power)`` close to ``target``.
 
     Each step compares the mel power ``G`` produces with the target, band by
     band, and moves every bin's log gain by its bands' log ratios, weighted by
@@ -70,6 +78,8 @@ def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterb
     first step is the one-shot mask; ``steps`` more refine it. A bin's gain
     stays within ``-MAX_CUT_DB ... +MAX_BOOST_DB`` (``cap_db``: a per-bin
     boost limit, ``bin_boost_cap``). ``produced`` may pass in ``fb.mel(power)``.
+    Kept as a log until the spectrum is masked: each ``exp``/``log`` costs as much as
+    a mel projection.
     """
     min_log, max_log = (d * math.log(10.0) / 10.0 for d in (-MAX_CUT_DB, MAX_BOOST_DB))
     if cap_db is not None:
@@ -79,18 +89,18 @@ def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterb
     log_gain = None
     for step in range(steps + 1):
         if step or produced is None:
-            produced = fb.mel(power if log_gain is None else log_gain.exp() * power)
+            produced = fb.mel(power if log_gain is None else torch.exp(log_gain).mul_(power))
         step_gain = fb.spread(log_target - produced.clamp_min(tiny).log())
         log_gain = step_gain if log_gain is None else log_gain.add_(step_gain)
         log_gain = log_gain.clamp_(min_log, MAX_BOOST_DB * math.log(10.0) / 10.0)
         if cap_db is not None:
-            log_gain = torch.minimum(log_gain, max_log)
-    return (0.5 * log_gain).exp_()
+            log_gain = torch.minimum(log_gain, max_log, out=log_gain)
+    return log_gain.mul_(0.5)
 
 
-def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,
+def correct_mask(spec: torch.Tensor, log_gain: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,
                  e0: int, frames: slice, cap_db: torch.Tensor | None = None) -> torch.Tensor:
-    """One correction of the amplitude ``gain`` against the mel power the output really has.
+    """One correction of the log amplitude gain ``log_gain`` against the mel power the output really has.
 
     The masked spectrum is not the STFT of any signal: its inverse, analysed
     again, comes out smoother than the mask (most in the narrow low bands and
@@ -100,10 +110,10 @@ def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, f
     the spread log ratio target / actual, each band's ratio limited to
     ``CORRECTION_LIMIT_DB`` (one band out of reach, e.g. empty at the input,
     would otherwise pull up the loud bins it shares with its neighbours and
-    make a steady tone flutter). Returns the gain for ``frames``.
+    make a steady tone flutter). Returns the log gain for ``frames``.
     """
     n_fft, hop = N_FFT, HOP
-    signal, norm = mel.overlap_add(spec * gain, n_fft, hop)
+    signal, norm = mel.overlap_add(spec * torch.exp(log_gain), n_fft, hop)
     signal = torch.where(norm > 1e-11, signal / norm.clamp_min(1e-11), signal)
     # the real output is zero before the signal: zero the centring pad as a fresh analysis would
     if e0 * hop < n_fft // 2:
@@ -115,8 +125,8 @@ def correct_mask(spec: torch.Tensor, gain: torch.Tensor, target: torch.Tensor, f
     limit = CORRECTION_LIMIT_DB * math.log(10.0) / 10.0
     log_ratio = (target.clamp_min(tiny).log() - actual.clamp_min(tiny).log()).clamp_(-limit, limit)
     min_log, max_log = (d * math.log(10.0) / 20.0 for d in (-MAX_CUT_DB, MAX_BOOST_DB))  # amplitude
-    log_gain = gain[..., first:last].clamp_min(tiny).log() + 0.5 * fb.spread(log_ratio)
-    log_gain = log_gain.clamp_(min_log, max_log)
+    corrected = fb.spread(log_ratio).mul_(0.5).add_(log_gain[..., first:last])
+    corrected = corrected.clamp_(min_log, max_log)
     if cap_db is not None:  # ``cap_db`` covers ``frames``
-        log_gain = torch.minimum(log_gain, cap_db * (math.log(10.0) / 20.0))
-    return log_gain.exp_()
+        corrected = torch.minimum(corrected, cap_db * (math.log(10.0) / 20.0), out=corrected)
+    return corrected

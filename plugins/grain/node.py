@@ -87,7 +87,7 @@ from cakfx.errors import CakfxError
 from cakfx.neural import NeuralNode
 from cakfx.plugins.grain import EFFECT
 from cakfx.plugins.grain.asks import window_targets
-from cakfx.plugins.grain.mask import bin_boost_cap, correct_mask, refine_mask, slew_limit
+from cakfx.plugins.grain.mask import bin_boost_cap, correct_mask, refine_log_gain, slew_limit
 from cakfx.streaming import KeptPass
 
 WINDOW_FRAMES = 1 + 3 * MODEL_SR // HOP  # 259 frames: 3 s, the original's chunk
@@ -336,13 +336,13 @@ class GrainEngine:
             power = spec.real.square() + spec.imag.square()
             target = mel.db_to_power(self.target[..., e0 - self.t0 : e1 - self.t0]).to(power.dtype)
             cap = bin_boost_cap(power)
-            gain = refine_mask(power, target, self.fb, produced=self.power[..., e0 - self.f0 : e1 - self.f0],
-                               cap_db=cap)
+            log_gain = refine_log_gain(power, target, self.fb, cap_db=cap,
+                                       produced=self.power[..., e0 - self.f0 : e1 - self.f0])
             inner = slice(f0 - e0, f1 - e0)
             for _ in range(CORRECTIONS):
-                gain[..., inner] = correct_mask(spec, gain, target[..., inner], self.fb, e0, slice(f0, f1),
-                                                cap[..., inner])
-            results[j] = mel.overlap_add(spec[..., inner] * gain[..., inner])[0]
+                log_gain[..., inner] = correct_mask(spec, log_gain, target[..., inner], self.fb, e0,
+                                                    slice(f0, f1), cap[..., inner])
+            results[j] = mel.overlap_add(spec[..., inner] * log_gain[..., inner].exp())[0]
 
         parallel_map(work, range(first, stop), self.device)
         # overlap-add in padded samples (signal sample n is padded n + n_fft/2)

@@ -53,9 +53,10 @@ def bin_boost_cap(power: torch.Tensor) -> torch.Tensor:
     """
     tiny = torch.finfo(power.dtype).tiny
     peak = power.amax(dim=-2, keepdim=True).clamp_min(tiny)
-    rel = 10.0 * torch.log10(power.clamp_min(tiny) / peak)
     low, high = BIN_FLOOR_DB
-    return MAX_BOOST_DB * ((rel - low) / (high - low)).clamp_(0.0, 1.0)
+    # in place, one buffer: dB re the peak, then the ramp
+    return power.clamp_min(tiny).div_(peak).log10_().mul_(10.0).sub_(low).div_(high - low).clamp_(0.0, 1.0) \
+        .mul_(MAX_BOOST_DB)
 
 
 def refine_mask(power: torch.Tensor, target: torch.Tensor, fb: mel.BandedFilterbank,

@@ -358,13 +358,22 @@ class GrainEngine:
         done = HOP * SEGMENT * stop - N_FFT // 2  # signal samples [0, done) are final
         start = self.emitted
         out = self.out[:, start + N_FFT // 2 - self.o0 : done + N_FFT // 2 - self.o0]
-        positions = torch.arange(start + N_FFT // 2, done + N_FFT // 2, device=self.device)
-        periodic = N_FFT - HOP + positions % HOP
-        norm = self.head_norm[torch.where(positions < N_FFT, positions, periodic)]
-        result = (out / norm).cpu().numpy()
+        result = (out / self._ola_norm(start + N_FFT // 2, done + N_FFT // 2)).cpu().numpy()
         self.emitted = max(start, done)
         self._trim()
         return result
+
+    def _ola_norm(self, a: int, b: int) -> torch.Tensor:
+        """The summed squared window at padded samples ``a .. b-1``: ``head_norm``, then its last
+        ``HOP`` values repeated (an index per sample cost 1.5 ms a round on 20 s of stereo)."""
+        head = self.head_norm[a:b]
+        a = max(a, N_FFT)
+        if b <= a:
+            return head
+        offset = (a - N_FFT) % HOP
+        period = self.head_norm[N_FFT - HOP :]
+        tail = period.repeat(-(-(offset + b - a) // HOP))[offset : offset + b - a]
+        return torch.cat([head, tail]) if head.numel() else tail
 
     def _trim(self) -> None:
         """Drop what no later segment or window needs (bounded memory on long signals)."""

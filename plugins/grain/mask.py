@@ -34,13 +34,17 @@ def slew_limit(boost: torch.Tensor, previous: np.ndarray) -> tuple[torch.Tensor,
     limiter then pulled a hot mix's loudness down 7.5 LU). Ramped over a few frames, the hit
     keeps its attack and the ask arrives within ~60 ms.
     """
-    values = boost.detach().cpu().numpy()
+    # frames first, each one contiguous, and no allocation per frame: a Python step per frame is
+    # what it costs (20 s of stereo: 1723 frames, 6 -> 3 ms)
+    values = np.ascontiguousarray(np.moveaxis(boost.detach().cpu().numpy(), -1, 0))
     out = np.empty_like(values)
-    prev = np.asarray(previous, dtype=values.dtype)
-    for t in range(values.shape[-1]):
-        prev = np.minimum(np.maximum(values[..., t], prev - SLEW_DOWN_DB), prev + SLEW_UP_DB)
-        out[..., t] = prev
-    return torch.from_numpy(out).to(boost), prev.copy()
+    prev = np.array(np.broadcast_to(np.asarray(previous, dtype=values.dtype), values.shape[1:]))
+    bound = np.empty_like(prev)
+    for value, limited in zip(values, out):
+        np.maximum(value, np.subtract(prev, SLEW_DOWN_DB, out=bound), out=limited)
+        np.minimum(limited, np.add(prev, SLEW_UP_DB, out=bound), out=limited)
+        prev = limited
+    return torch.from_numpy(np.moveaxis(out, 0, -1)).to(boost), prev.copy()
 
 
 def bin_boost_cap(power: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,7 @@ from cakfx.streaming import KeptPass
 
 WINDOW_FRAMES = 1 + 3 * MODEL_SR // HOP  # 259 frames: 3 s, the original's chunk
 WINDOW_HOP = 216  # 2.5 s -> 43 frames (0.5 s) of crossfade between neighbouring windows
-WINDOW_BATCH = 4  # windows per model call, at most: 2-4 measured fastest per window (16: +50 %), and
+WINDOW_BATCH = 2  # windows per model call, at most: 1-2 measured fastest per window (4: +10 %, 8: +35 %), and
 # small jobs let an idle block thread take over a busy core's share
 SEGMENT = 72  # frames per reconstruction segment (0.84 s): the unit of parallel work and of streaming
 SEGMENTS_PER_ROUND = 8  # segments worked on at once offline: bounds memory (20 s stereo: peak RSS

@@ -267,21 +267,25 @@ class GrainEngine:
         """Spectra and mel power of frames ``self.frames .. stop-1``, in parallel pieces."""
         if stop <= self.frames:
             return
-        starts = list(range(self.frames, stop, SEGMENT))
-        pieces: dict[int, tuple] = {}
+        kept = self.frames - self.f0
+        # the pieces are written in place by the block threads: joining them afterwards was a
+        # serial copy of every spectrum (~8 ms on 20 s of stereo)
+        spec, power, ending = (
+            torch.cat([old, old.new_empty(*old.shape[:-1], stop - self.frames)], dim=-1)
+            for old in (self.spec, self.power, self.ending))
 
         def work(a: int) -> None:
             b = min(stop, a + SEGMENT)
             signal = torch.from_numpy(self._input(a * HOP - N_FFT // 2, (b - 1) * HOP + N_FFT // 2))
-            spec = mel.stft_block(signal.to(self.device), 0, b - a)
-            power = self.fb.mel(spec.real.square() + spec.imag.square())
-            pieces[a] = (spec, power, runs_into_silence(signal))
+            piece = spec[..., kept + a - self.frames : kept + b - self.frames]
+            piece.copy_(mel.stft_block(signal.to(self.device), 0, b - a))
+            power[..., kept + a - self.frames : kept + b - self.frames] = self.fb.mel(
+                piece.real.square() + piece.imag.square())
+            ending[..., kept + a - self.frames : kept + b - self.frames] = runs_into_silence(signal)
 
         self._input(0, 0)  # joins the pending input once, before the threads read it
-        parallel_map(work, starts, self.device)
-        self.spec = torch.cat([self.spec, *(pieces[a][0] for a in starts)], dim=-1)
-        self.power = torch.cat([self.power, *(pieces[a][1] for a in starts)], dim=-1)
-        self.ending = torch.cat([self.ending, *(pieces[a][2] for a in starts)], dim=-1)
+        parallel_map(work, range(self.frames, stop, SEGMENT), self.device)
+        self.spec, self.power, self.ending = spec, power, ending
         self.frames = stop
 
     def _compute_windows(self, stop: int) -> None:

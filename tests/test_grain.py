@@ -531,6 +531,32 @@ def test_boosts_are_scaled_to_bound_the_loudness_rise():
     assert 0.0 < float(capped[0, 100, 0]) < 30.0
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_loudness_cap_takes_the_largest_scale_step_under_the_bound(seed):
+    # the scale a 14-step bisection finds: a multiple of 2^-14, the next one over the bound
+    g = torch.Generator().manual_seed(seed)
+    power = torch.rand(3, mel.N_MELS, 40, generator=g) ** 4
+    change = torch.randn(3, mel.N_MELS, 40, generator=g) * (6.0 + 6.0 * seed) + 4.0
+    capped = asks.cap_loudness_rise(change, power)
+    weights = torch.as_tensor(asks._loudness_weights(mel.N_MELS, 44100))[:, None]
+
+    def rise(window: int, scale: float) -> float:
+        db = change[window].double().clamp_max(0.0) + scale * change[window].double().clamp_min(0.0)
+        total = (weights * power[window].double()).sum()
+        return float(10 * torch.log10((weights * power[window].double() * 10 ** (db / 10)).sum() / total))
+
+    grid = 2.0 ** 14
+    for window in range(3):
+        boosted = change[window] > 1.0
+        scale = float((capped[window][boosted] / change[window][boosted]).median())
+        if rise(window, 1.0) <= asks.MAX_RISE_DB:
+            assert scale == 1.0
+            continue
+        k = round(scale * grid)
+        assert abs(scale * grid - k) < 1e-2
+        assert rise(window, k / grid) <= asks.MAX_RISE_DB < rise(window, (k + 1) / grid)
+
+
 def test_slew_limit_ramps_the_gain():
     boost = torch.tensor([[0.0, 30.0, 30.0, 30.0, 30.0, 30.0, -30.0, -30.0, -30.0, 0.0]])
     limited, last = mask.slew_limit(boost, np.zeros(1))

@@ -237,14 +237,19 @@ class BandedFilterbank:
         ~10x faster than two ``index_add_`` and ~30x faster than the dense one, on one thread)."""
         if power.dtype != self.csr.dtype or power.device != self.csr.device:
             return self._dense.to(power) @ power
-        lead, frames = power.shape[:-2], power.shape[-1]
-        flat = power.movedim(-2, 0).reshape(power.shape[-2], -1)
-        return (self.csr @ flat).reshape(self.n_mels, *lead, frames).movedim(0, -2)
+        if power.dim() == 2:
+            return self.csr @ power
+        if power.shape[:-2].numel() == 0:
+            return power.new_zeros(*power.shape[:-2], self.n_mels, power.shape[-1])
+        # one product per leading index: moving the bins first for one product copied the whole
+        # spectrum (a (2, 1025, 78) segment: 0.095 -> 0.066 ms)
+        flat = power.reshape(-1, *power.shape[-2:])
+        return torch.stack([self.csr @ block for block in flat]).reshape(*power.shape[:-2], self.n_mels, -1)
 
     def spread(self, per_band: torch.Tensor) -> torch.Tensor:
         """Each bin's weighted mean of its bands' values: ``(..., n_mels, F)`` -> ``(..., bins, F)``."""
-        low = per_band.index_select(-2, self.low) * self.s_low
-        return low.add_(per_band.index_select(-2, self.high) * self.s_high)
+        low = per_band.index_select(-2, self.low).mul_(self.s_low)
+        return low.add_(per_band.index_select(-2, self.high).mul_(self.s_high))
 
 
 _banded: dict = {}

@@ -39,7 +39,6 @@ from cakfx.audio import (
     BlockReader,
     BlockWriter,
     display_path,
-    header_frames,
     is_audio_path,
     scan_folder,
 )
@@ -180,15 +179,19 @@ def process_file(
     if same:
         raise CakfxError(f"{where}: output would overwrite the input")
     reader = BlockReader(in_path)
-    info = reader.info
-    if info.frames == 0 and info.format not in ("MP3", "MPEG", "OGG"):
-        raise CakfxError(f"{where}: no audio frames")
-    warnings = []
-    declared = header_frames(in_path, info)
-    if declared is not None and declared != info.frames:
-        warnings.append(f"truncated: the header says {declared} frames, the file holds {info.frames}")
-    fmt, subtype, _ = output_format(info, out_format)
-    writer = BlockWriter(out_path, info.sample_rate, info.channels, fmt, subtype)
+    try:
+        info = reader.info
+        if info.frames == 0 and info.format not in ("MP3", "MPEG", "OGG"):
+            raise CakfxError(f"{where}: no audio frames")
+        warnings = []
+        declared = reader.declared_frames()
+        if declared is not None and declared != info.frames:
+            warnings.append(f"truncated: the header says {declared} frames, the file holds {info.frames}")
+        fmt, subtype, _ = output_format(info, out_format)
+        writer = BlockWriter(out_path, info.sample_rate, info.channels, fmt, subtype)
+    except BaseException:
+        reader.close()
+        raise
     try:
         _render(chain, reader, info.sample_rate, writer, buffer_size)
         if reader.frames == 0:
@@ -201,6 +204,8 @@ def process_file(
     except BaseException:
         writer.discard()
         raise
+    finally:
+        reader.close()  # where no pass read the file
     if fmt in EXACT_HEADER_FORMATS and declared is None and info.frames and reader.frames != info.frames:
         warnings.append(f"decoded {reader.frames} frames, the header says {info.frames}")
     meter = writer.meter

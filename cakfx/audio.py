@@ -133,12 +133,12 @@ def read_info(path: str | os.PathLike) -> AudioInfo:
 def _open_audio(path: Path):
     """``(file object, soundfile.SoundFile)`` open for reading; ``CakfxError`` naming the file."""
     try:
+        if path.stat().st_size == 0:  # before opening: opening a FIFO (size 0) would wait for a writer
+            raise CakfxError(f"{display_path(path)}: empty file")
         fh = open(path, "rb")  # a Python file: soundfile cannot encode non-UTF-8 names itself
     except OSError as exc:
         raise CakfxError(f"{display_path(path)}: cannot read audio ({_reason(exc)})") from None
     try:
-        if os.fstat(fh.fileno()).st_size == 0:
-            raise CakfxError(f"{display_path(path)}: empty file")
         # libsndfile reads the descriptor itself: no Python call per read, as a file object costs
         return fh, sf.SoundFile(fh.fileno(), closefd=False)
     except BaseException as exc:

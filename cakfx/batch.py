@@ -246,8 +246,6 @@ def _render(chain, reader: BlockReader, sample_rate: int, writer: BlockWriter, b
     try:
         samples = reader.info.frames * reader.info.channels
         hold = HOLD_SAMPLES if samples <= HOLD_SAMPLES else 0
-        if hold:  # held whole anyway: one read, no joining of blocks
-            reader.block_frames = max(reader.block_frames, reader.info.frames)
         with _torch_on_one_thread() if samples <= SERIAL_SAMPLES else contextlib.nullcontext():
             render_stream(chain, reader, sample_rate, writer.write, buffer_size=buffer_size, hold=hold)
     except CakfxError:

@@ -125,55 +125,77 @@ def display_path(path: str | os.PathLike | bytes) -> str:
 
 def read_info(path: str | os.PathLike) -> AudioInfo:
     """What ``path`` holds (rate, channels, frames, container, sample format)."""
-    path = Path(path)
+    fh, f = _open_audio(Path(path))
+    with fh, f:
+        return _info(f)
+
+
+def _open_audio(path: Path):
+    """``(file object, soundfile.SoundFile)`` open for reading; ``CakfxError`` naming the file."""
     try:
-        if path.stat().st_size == 0:
+        if path.stat().st_size == 0:  # before opening: opening a FIFO (size 0) would wait for a writer
             raise CakfxError(f"{display_path(path)}: empty file")
-        # a Python file object: soundfile cannot encode non-UTF-8 names itself
-        with open(path, "rb") as fh, sf.SoundFile(fh) as f:
-            return AudioInfo(f.samplerate, f.channels, f.frames, f.format, f.subtype)
-    except CakfxError:
-        raise
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
+        fh = open(path, "rb")  # a Python file: soundfile cannot encode non-UTF-8 names itself
+    except OSError as exc:
         raise CakfxError(f"{display_path(path)}: cannot read audio ({_reason(exc)})") from None
+    try:
+        # libsndfile reads the descriptor itself: no Python call per read, as a file object costs
+        return fh, sf.SoundFile(fh.fileno(), closefd=False)
+    except BaseException as exc:
+        fh.close()
+        if not isinstance(exc, CakfxError) and isinstance(
+            exc, (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError)
+        ):
+            raise CakfxError(f"{display_path(path)}: cannot read audio ({_reason(exc)})") from None
+        raise
 
 
-def header_frames(path: str | os.PathLike, info: AudioInfo) -> int | None:
+def _info(f) -> AudioInfo:
+    return AudioInfo(f.samplerate, f.channels, f.frames, f.format, f.subtype)
+
+
+def header_frames(path: str | os.PathLike, info: AudioInfo, fd: int | None = None) -> int | None:
     """The frame count a WAV or AIFF header declares (None where the header is not exact).
 
     libsndfile quietly decodes what survives of a truncated file; comparing this with
-    ``info.frames`` finds the truncation.
+    ``info.frames`` finds the truncation. ``fd``: an open descriptor of the file to read
+    instead of opening it again (read with ``pread``: its position is left alone).
     """
+    if info.format not in ("WAV", "AIFF"):
+        return None
     try:
+        if fd is not None:
+            return _declared_frames(fd, info.format)
         with open(path, "rb") as f:
-            head = f.read(12)
-            if info.format == "WAV" and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-                order = "little"
-            elif info.format == "AIFF" and head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
-                order = "big"
-            else:
-                return None
-            block_align = None
-            for _ in range(64):  # chunk headers; a real file has a handful
-                chunk = f.read(8)
-                if len(chunk) < 8:
-                    return None
-                cid, size = chunk[:4], int.from_bytes(chunk[4:], order)
-                if cid == b"fmt ":
-                    fmt = f.read(16)
-                    block_align = int.from_bytes(fmt[12:14], "little")
-                    f.seek(size - len(fmt) + (size & 1), 1)
-                elif cid == b"data":
-                    if not block_align or size in (0, 0xFFFFFFFF):
-                        return None  # streamed WAVs leave the size open
-                    return size // block_align
-                elif cid == b"COMM":
-                    comm = f.read(6)
-                    return int.from_bytes(comm[2:6], "big")
-                else:
-                    f.seek(size + (size & 1), 1)
+            return _declared_frames(f.fileno(), info.format)
     except OSError:
         return None
+
+
+def _declared_frames(fd: int, format: str) -> int | None:
+    head = os.pread(fd, 12, 0)
+    if format == "WAV" and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        order = "little"
+    elif format == "AIFF" and head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        order = "big"
+    else:
+        return None
+    block_align = None
+    pos = 12
+    for _ in range(64):  # chunk headers; a real file has a handful
+        chunk = os.pread(fd, 8, pos)
+        if len(chunk) < 8:
+            return None
+        cid, size = chunk[:4], int.from_bytes(chunk[4:], order)
+        if cid == b"fmt ":
+            block_align = int.from_bytes(os.pread(fd, 16, pos + 8)[12:14], "little")
+        elif cid == b"data":
+            if not block_align or size in (0, 0xFFFFFFFF):
+                return None  # streamed WAVs leave the size open
+            return size // block_align
+        elif cid == b"COMM":
+            return int.from_bytes(os.pread(fd, 6, pos + 8)[2:6], "big")
+        pos += 8 + size + (size & 1)
     return None
 
 
@@ -195,24 +217,45 @@ class BlockReader:
     a file can be read more than once (a measuring pass, then the render) without being
     held in memory. After a full pass, ``frames`` is the decoded length.
 
+    The file opened to read ``info`` is the one the first pass reads (``close()`` lets it go
+    when no pass comes); ``declared_frames`` reads its header through it too.
+
     Raises ``CakfxError`` (naming the file) when the file cannot be decoded or holds
     NaN/infinite samples.
     """
 
     def __init__(self, path: str | os.PathLike, block_frames: int = 65536, dtype: str = "float32"):
         self.path = Path(path)
-        self.info = read_info(self.path)
+        self._open: tuple | None = _open_audio(self.path)
+        self.info = _info(self._open[1])
         self.block_frames = max(1, int(block_frames))
         self.dtype = dtype
         self.frames: int | None = None
+        # integer samples decode to finite floats: only float and lossy data can hold NaN
+        self._check_finite = self.info.subtype not in PCM_BITS
+
+    def declared_frames(self) -> int | None:
+        """``header_frames`` of the file, read through the open file where it still is."""
+        fd = self._open[0].fileno() if self._open is not None else None
+        return header_frames(self.path, self.info, fd)
+
+    def close(self) -> None:
+        """Let go of the file opened for ``info`` (a pass closes it itself)."""
+        if self._open is not None:
+            fh, f = self._open
+            self._open = None
+            with fh, f:
+                pass
 
     def __call__(self):
         where = display_path(self.path)
         try:
-            with open(self.path, "rb") as fh, sf.SoundFile(fh) as f:
+            opened, self._open = self._open, None
+            fh, f = opened if opened is not None else _open_audio(self.path)
+            with fh, f:
                 n = 0
                 for block in f.blocks(self.block_frames, dtype=self.dtype, always_2d=True):
-                    if not np.all(np.isfinite(block)):
+                    if self._check_finite and not np.all(np.isfinite(block)):
                         raise CakfxError(f"{where}: contains NaN or infinite samples")
                     n += block.shape[0]
                     yield np.ascontiguousarray(block.T)
@@ -233,7 +276,12 @@ def quantize(block: np.ndarray, subtype: str) -> np.ndarray:
     nearest step, clipped to full scale), shifted to int16/int32 as soundfile expects."""
     bits = PCM_BITS[subtype]
     scale = float(2 ** (bits - 1))
-    q = np.clip(np.rint(np.asarray(block, dtype=np.float64) * scale), -scale, scale - 1)
+    block = np.asarray(block)
+    # float32 samples times a power of two up to 2**23 are exact in float32, and so are their
+    # rounded values: the same integers as in float64, without converting the block
+    exact = np.float32 if block.dtype == np.float32 and bits <= 24 else np.float64
+    q = np.multiply(block, scale, dtype=exact)
+    np.clip(np.rint(q, out=q), -scale, scale - 1, out=q)
     q = q.astype(np.int32)  # |q| <= 2**31: fits
     return (q << (16 - bits)).astype(np.int16) if bits <= 16 else q << (32 - bits)
 
@@ -394,5 +442,7 @@ def write_audio(
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return os_reason(exc)
+    if isinstance(exc, sf.LibsndfileError):  # without soundfile's "Error opening <file>: "
+        return exc.error_string.strip()
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__

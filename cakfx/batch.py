@@ -39,7 +39,6 @@ from cakfx.audio import (
     BlockReader,
     BlockWriter,
     display_path,
-    header_frames,
     is_audio_path,
     scan_folder,
 )
@@ -52,6 +51,10 @@ EXACT_HEADER_FORMATS = {"WAV", "AIFF", "FLAC", "W64", "RF64", "CAF", "AU"}
 #: as float32) are rendered by one offline call: every model runs once instead of once more per
 #: measuring pass, and no stage pays per-block costs. Longer files stream in bounded memory.
 HOLD_SAMPLES = 2**21
+#: files of at most this many samples (all channels; 1.5 s of 44.1 kHz stereo) run torch ops on one
+#: thread: their tensors are too small to split, and with a core busy every op's OpenMP barrier
+#: waits for a descheduled thread
+SERIAL_SAMPLES = 2**17
 #: statuses that do not make the run fail
 BENIGN = {"ok", "exists", "not-audio", "planned"}
 
@@ -180,15 +183,19 @@ def process_file(
     if same:
         raise CakfxError(f"{where}: output would overwrite the input")
     reader = BlockReader(in_path)
-    info = reader.info
-    if info.frames == 0 and info.format not in ("MP3", "MPEG", "OGG"):
-        raise CakfxError(f"{where}: no audio frames")
-    warnings = []
-    declared = header_frames(in_path, info)
-    if declared is not None and declared != info.frames:
-        warnings.append(f"truncated: the header says {declared} frames, the file holds {info.frames}")
-    fmt, subtype, _ = output_format(info, out_format)
-    writer = BlockWriter(out_path, info.sample_rate, info.channels, fmt, subtype)
+    try:
+        info = reader.info
+        if info.frames == 0 and info.format not in ("MP3", "MPEG", "OGG"):
+            raise CakfxError(f"{where}: no audio frames")
+        warnings = []
+        declared = reader.declared_frames()
+        if declared is not None and declared != info.frames:
+            warnings.append(f"truncated: the header says {declared} frames, the file holds {info.frames}")
+        fmt, subtype, _ = output_format(info, out_format)
+        writer = BlockWriter(out_path, info.sample_rate, info.channels, fmt, subtype)
+    except BaseException:
+        reader.close()
+        raise
     try:
         _render(chain, reader, info.sample_rate, writer, buffer_size)
         if reader.frames == 0:
@@ -201,6 +208,8 @@ def process_file(
     except BaseException:
         writer.discard()
         raise
+    finally:
+        reader.close()  # where no pass read the file
     if fmt in EXACT_HEADER_FORMATS and declared is None and info.frames and reader.frames != info.frames:
         warnings.append(f"decoded {reader.frames} frames, the header says {info.frames}")
     meter = writer.meter
@@ -235,8 +244,10 @@ def _render(chain, reader: BlockReader, sample_rate: int, writer: BlockWriter, b
     from cakfx.streaming import render_stream
 
     try:
-        hold = HOLD_SAMPLES if reader.info.frames * reader.info.channels <= HOLD_SAMPLES else 0
-        render_stream(chain, reader, sample_rate, writer.write, buffer_size=buffer_size, hold=hold)
+        samples = reader.info.frames * reader.info.channels
+        hold = HOLD_SAMPLES if samples <= HOLD_SAMPLES else 0
+        with _torch_on_one_thread() if samples <= SERIAL_SAMPLES else contextlib.nullcontext():
+            render_stream(chain, reader, sample_rate, writer.write, buffer_size=buffer_size, hold=hold)
     except CakfxError:
         raise
     except Exception as exc:  # an effect failing on one file must not end the batch
@@ -495,7 +506,7 @@ def _run(
             for pair in todo:
                 _record(report, work(pair), bar, on_result)
         else:
-            with _one_thread_per_file(), ThreadPoolExecutor(max_workers=jobs) as pool:
+            with _torch_on_one_thread(files_in_parallel=True), ThreadPoolExecutor(max_workers=jobs) as pool:
                 # the largest files start first, so that none is left to run alone at the end while
                 # the other cores idle; results are recorded in the planned order all the same
                 futures = {i: pool.submit(work, todo[i]) for i in _largest_first(todo)}
@@ -540,14 +551,15 @@ def default_jobs(files: int) -> int:
     return max(1, min(available_cores(), files))
 
 
-def _one_thread_per_file():
-    """Files in parallel each run single-threaded (``cakfx.dsp.threads.one_thread_per_file``);
-    without torch loaded there is nothing to set."""
+def _torch_on_one_thread(files_in_parallel: bool = False):
+    """torch ops on one thread (``cakfx.dsp.threads.serial_torch_ops``); with ``files_in_parallel``
+    each file's block jobs run on its own thread too (``one_thread_per_file``). Without torch loaded
+    there is nothing to set."""
     if "torch" not in sys.modules:
         return contextlib.nullcontext()
-    from cakfx.dsp.threads import one_thread_per_file
+    from cakfx.dsp.threads import one_thread_per_file, serial_torch_ops
 
-    return one_thread_per_file()
+    return one_thread_per_file() if files_in_parallel else serial_torch_ops()
 
 
 def _exists(path: Path) -> bool:

@@ -21,7 +21,7 @@ from cakfx.chain import Chain
 from cakfx.errors import CakfxError, describe_exception
 from cakfx.paths import atomic_write_bytes, is_file, os_reason, user_presets_dir
 from cakfx.registry import build_node, closest, effects, get_effect
-from cakfx.weights import check_shapes, check_weights, resolve_weights, sha256_file
+from cakfx.weights import check_shapes, check_weights, remember, resolve_weights, settled_key, sha256_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -311,7 +311,15 @@ def resolve_preset(preset: Preset, weights_dirs: tuple[Path, ...] = ()) -> Resol
 
 def check_effect_weights(spec, path: Path, where: str = "") -> None:
     """Open and fully check a weights file for ``spec``: kind, metadata, finite values,
-    and the tensor names and shapes the effect's model expects (when it says)."""
+    and the tensor names and shapes the effect's model expects (when it says).
+
+    A pass is kept per process while the file is unchanged (``cakfx.weights.settled_key``):
+    each chain build checks its weights, and parsing their training metadata took 2 ms.
+    """
+    settled = settled_key(path)
+    key = None if settled is None else (spec.name, *settled)
+    if key is not None and _checked.get(key) is spec:
+        return
     try:
         meta, arrays, stats, _ = check_weights(path, expect_kind=spec.name)
         if spec.expected_shapes is not None:
@@ -324,6 +332,11 @@ def check_effect_weights(spec, path: Path, where: str = "") -> None:
             check_shapes({k: tuple(v.shape) for k, v in arrays.items()}, expected, path)
     except CakfxError as exc:
         raise CakfxError(f"{where}: weights: {exc}" if where else str(exc)) from None
+    if key is not None:
+        remember(_checked, key, spec)
+
+
+_checked: dict[tuple, object] = {}  # settled weights files that passed, and the effect they passed for
 
 
 def _resolve_weights(ref: str, folder: Path, extra_dirs: tuple[Path, ...], where: str) -> Path:

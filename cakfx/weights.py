@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -73,12 +74,48 @@ class WeightsFile:
         return {k: tuple(v.shape) for k, v in self.tensors.items()}
 
 
+#: a file unchanged for this long is digested and checked once per process: one changed more recently
+#: may change again within the same timestamp tick (a few ms), which ``stat`` would not show
+SETTLED_NS = 2_000_000_000
+_KEPT = 256  # results kept per process (by ``settled_key``)
+_digests: dict[tuple, str] = {}
+
+
+def settled_key(path: str | os.PathLike) -> tuple | None:
+    """``(device, inode, size, mtime, ctime)`` of a file unchanged for ``SETTLED_NS``, else None.
+
+    While it stays the same the file's bytes have not changed, so a digest or a check that passed
+    can be kept under it (preset pins are verified by every chain build, 1-2 ms a time).
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < SETTLED_NS:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def remember(kept: dict, key: tuple, value: Any) -> None:
+    """Keep ``value`` under ``key`` in a per-process table of at most ``_KEPT`` entries."""
+    if len(kept) >= _KEPT:
+        kept.clear()
+    kept[key] = value
+
+
 def sha256_file(path: str | os.PathLike) -> str:
+    """The file's SHA-256 (hex); computed once per process while the file is unchanged and settled."""
+    key = settled_key(path)
+    if key is not None and key in _digests:
+        return _digests[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if key is not None:
+        remember(_digests, key, digest)
+    return digest
 
 
 def save_weights(

@@ -299,3 +299,36 @@ def test_parallel_jobs_start_the_largest_files_first_and_report_in_order(tmp_pat
     assert sorted(started[:2]) == ["b.wav", "d.wav"]  # the two longest take the two workers first
     assert [Path(f.input).name for f in report.files] == ["a.wav", "b.wav", "c.wav", "d.wav"]
     assert all(f.status == "ok" for f in report.files)
+
+
+def test_integer_outputs_round_float32_blocks_as_float64_does():
+    # quantize works in float32 up to 24 bits (power-of-two scaling is exact there): every
+    # integer subtype must store the same integers as rounding the float64 samples would
+    from cakfx.audio import PCM_BITS, quantize
+
+    rng = np.random.default_rng(3)
+    edges = [1.0, -1.0, 0.99999994, -0.99999994, 0.5 / 2**23, 1.5 / 2**23, -0.5 / 2**15, 5e-8]
+    x = np.concatenate([rng.uniform(-1.3, 1.3, (20000, 2)), np.reshape(edges, (-1, 2))]).astype(np.float32)
+    for subtype, bits in PCM_BITS.items():
+        scale = float(2 ** (bits - 1))
+        q = np.clip(np.rint(x.astype(np.float64) * scale), -scale, scale - 1).astype(np.int32)
+        want = (q << (16 - bits)).astype(np.int16) if bits <= 16 else q << (32 - bits)
+        got = quantize(x, subtype)
+        assert got.dtype == want.dtype and np.array_equal(got, want), subtype
+        assert np.array_equal(quantize(x.astype(np.float64), subtype), want), subtype
+
+
+def test_reader_reads_the_header_through_the_file_it_opened(tmp_path):
+    from cakfx.audio import BlockReader, header_frames
+
+    path = tmp_path / "cut.wav"
+    sf.write(path, tone(seconds=1.0).T, 44100, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header still says 44100 frames
+    reader = BlockReader(path)
+    assert reader.declared_frames() == header_frames(path, reader.info) == 44100
+    assert reader.info.frames < 44100
+    blocks = list(reader())  # the first pass reads the file opened for the header
+    assert sum(b.shape[1] for b in blocks) == reader.frames == reader.info.frames
+    assert sum(b.shape[1] for b in reader()) == reader.frames  # a second pass opens it again
+    reader.close()

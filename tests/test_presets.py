@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 
 import numpy as np
@@ -138,6 +139,33 @@ def test_correct_sha256_pin_passes(tmp_path, gain_plugin):
     w = make_gain_weights(tmp_path / "w.safetensors")
     text = f'[[chain]]\neffect = "test.gain"\nweights = "w.safetensors"\nsha256 = "{sha256_file(w)}"\n'
     assert validate_preset(str(write(tmp_path / "p.toml", text))).entries[0].sha256 == sha256_file(w)
+
+
+def test_a_settled_weights_file_is_checked_once_and_a_changed_one_again(tmp_path, gain_plugin, monkeypatch):
+    import cakfx.presets
+    import cakfx.weights
+
+    w = make_gain_weights(tmp_path / "w.safetensors")
+    pin = sha256_file(w)
+    text = f'[[chain]]\neffect = "test.gain"\nweights = "w.safetensors"\nsha256 = "{pin}"\n'
+    preset = write(tmp_path / "p.toml", text)
+    checks = []
+    real = cakfx.presets.check_weights
+    monkeypatch.setattr(cakfx.presets, "check_weights", lambda *a, **k: checks.append(a) or real(*a, **k))
+    validate_preset(str(preset))
+    validate_preset(str(preset))
+    assert len(checks) == 2  # just written: it may change again within one timestamp tick
+    monkeypatch.setattr(cakfx.weights, "SETTLED_NS", 0)  # as if written long ago
+    validate_preset(str(preset))
+    validate_preset(str(preset))
+    assert len(checks) == 3
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1  # one bit of a weight: same size, the pin no longer matches
+    w.write_bytes(bytes(data))
+    os.utime(w, ns=(1, 1))  # a new mtime whatever the clock's tick
+    with pytest.raises(cakfx.CakfxError, match="checksum mismatch"):
+        validate_preset(str(preset))
+    assert len(checks) == 4
 
 
 def test_parse_set():

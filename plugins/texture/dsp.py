@@ -45,7 +45,9 @@ def normalise(
     """Magnitude -> normalised ``n`` in [0, 1]: ``clip((l - low) / (high - low + 1e-8), 0, 1) ** gamma``."""
     comp = compress(mag, alpha, inplace=inplace)
     if inplace:
-        return comp.sub_(low).div_(high - low + EPS).clamp_(0.0, 1.0).log_().mul_(gamma).exp_()
+        if low:  # a low of 0 (the bundled stats) subtracts nothing: one pass fewer, same bits
+            comp.sub_(low)
+        return comp.div_(high - low + EPS).clamp_(0.0, 1.0).log_().mul_(gamma).exp_()
     return torch.clamp((comp - low) / (high - low + EPS), 0.0, 1.0) ** gamma
 
 
@@ -59,8 +61,10 @@ def denormalise(
 ) -> torch.Tensor:
     """Normalised ``n`` -> magnitude: the inverse of ``normalise`` (DESIGN §6 step 5)."""
     if inplace:
-        pre = n.clamp_(0.0, 1.0).add_(EPS).log_().div_(gamma).exp_()
-        return pre.mul_(high - low).add_(low).exp_().sub_(1.0).div_(alpha).clamp_(min=0.0).square_()
+        pre = n.clamp_(0.0, 1.0).add_(EPS).log_().div_(gamma).exp_().mul_(high - low)
+        if low:  # pre > 0: adding a low of 0 changes no bit
+            pre.add_(low)
+        return pre.exp_().sub_(1.0).div_(alpha).clamp_(min=0.0).square_()
     pre = (torch.clamp(n, 0.0, 1.0) + EPS) ** (1.0 / gamma)
     comp = pre * (high - low) + low
     return torch.clamp((torch.exp(comp) - 1.0) / alpha, min=0.0) ** 2

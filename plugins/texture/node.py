@@ -238,7 +238,7 @@ class TextureNode(NeuralNode):
             stage.forget_measure()
 
     # -- the spectral part ---------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping per op: 8 % of a 0.1 s file's model path
     def process_44k(self, x: np.ndarray) -> np.ndarray:
         """STFT -> model -> ISTFT of ``(C, N)`` float32 audio at 44.1 kHz, without the level stage."""
         length = x.shape[-1]
@@ -433,7 +433,7 @@ class _RawStream:
         self.pending = []
         m0 = self.next_chunk
         out = np.empty((self.channels, (last - m0) * HOP), np.float32)
-        with torch.no_grad():
+        with torch.inference_mode():
             self.node._render(torch.from_numpy(self.buf), self.start, m0, last, out, m0 * HOP - N_FFT // 2)
         self.next_chunk = last
         keep = max((last - PIECES) * HOP - N_FFT // 2, self.start)  # the next block's first frame

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import platformdirs
@@ -26,9 +27,27 @@ def user_weights_dir() -> Path:
 def as_new_file(path: str | os.PathLike) -> None:
     """Give a temporary file the permissions a plain new file would get (mkstemp and
     safetensors create them 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux's
+    /proc/self/status): setting it to read it, as os.umask must, would let a file that another
+    thread of a ``--jobs`` batch creates meanwhile get mode 0666 (or 0777 for a folder)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: at least our own threads do not race each other
+        mask = os.umask(0)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

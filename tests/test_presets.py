@@ -331,3 +331,29 @@ def test_a_preset_is_checked_once_and_create_effect_still_checks(monkeypatch):
     with pytest.raises(cakfx.CakfxError, match="room_size"):
         cakfx.create_effect("pedalboard.Reverb", room_size=2.0)
     assert calls[-1] == "pedalboard.Reverb"
+
+
+def test_the_umask_is_read_without_being_changed(tmp_path, monkeypatch):
+    # os.umask(0) to read it let another --jobs thread create a file 0666 meanwhile
+    import os
+    import stat
+    import sys
+
+    from cakfx.paths import as_new_file, current_umask
+
+    mask = os.umask(0o027)
+    try:
+        if sys.platform.startswith("linux"):
+            def refuse(_):
+                raise AssertionError("os.umask called")
+
+            monkeypatch.setattr(os, "umask", refuse)
+        assert current_umask() == 0o027
+        path = tmp_path / "f"
+        path.write_bytes(b"x")
+        os.chmod(path, 0o600)
+        as_new_file(path)
+    finally:
+        monkeypatch.undo()
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640

@@ -40,10 +40,13 @@ import numpy as np
 from scipy.ndimage import maximum_filter1d, uniform_filter1d
 
 from cakfx.dsp.loudness import (
-    PEAK_BOUND,
+    FLOAT32_PEAK_BOUND,
+    SEGMENT,
     TAPS_PER_PHASE,
     gated_loudness,
     oversampled_magnitude,
+    segment_windows,
+    segments_near,
 )
 
 LOOKAHEAD_MS = 5.0
@@ -53,9 +56,7 @@ RELEASE_FLOOR_DB = 0.1  # the release aims this far below 0 dB: it ends at unity
 ROUNDING_DB = 0.001  # aimed this far under the ceiling: float32 output and sidechain round
 HALF_SPAN = TAPS_PER_PHASE // 2  # the true-peak filter's reach either side of a sample
 CHUNK = 1 << 15  # samples per internal step (bounds memory and alpha ** -k)
-SEGMENT = 64  # sidechain positions per segment judged by a bound before they are oversampled
 DENSE_SHARE = 0.5  # with more of a step's segments near the ceiling, one pass over all of it is cheaper
-_BOUND = PEAK_BOUND * (1 + 1e-5)  # the float32 sidechain may round a value up past PEAK_BOUND's
 _NEG_DB_TO_LN = -math.log(10.0) / 20.0  # exp(-dB · this) is 10 ** (-dB / 20), several times faster
 _DB_TO_LN_POWER = math.log(10.0) / 10.0
 
@@ -204,26 +205,19 @@ def _oversampled_near(xs: np.ndarray, magnitude: np.ndarray, ceiling: float) -> 
     """
     positions = magnitude.size - 2 * HALF_SPAN + 1
     if positions <= 4 * SEGMENT:  # a short block (streaming): all of it or none, without the bookkeeping
-        if magnitude.max() * _BOUND <= ceiling:  # NaN: computed
+        if magnitude.max() * FLOAT32_PEAK_BOUND <= ceiling:  # NaN: computed
             return None
         return oversampled_magnitude(xs, "float32").max(axis=0).astype(np.float64)
-    count = -(-positions // SEGMENT)
-    # segment s reads blocks s and s + 1 (it needs 2 * HALF_SPAN - 1 <= SEGMENT more samples)
-    block_max = np.zeros(count + 1)
-    maxima = np.maximum.reduceat(magnitude, np.arange(0, magnitude.size, SEGMENT))  # 3x a reshaped max
-    block_max[: maxima.size] = maxima
-    near = ~(np.maximum(block_max[:-1], block_max[1:]) * _BOUND <= ceiling)  # NaN: computed, as before
+    near = segments_near(magnitude[None], ceiling)[0]
     if not near.any():
         return None
     if near.mean() > DENSE_SHARE:
         return oversampled_magnitude(xs, "float32").max(axis=0).astype(np.float64)
-    starts = np.flatnonzero(near) * SEGMENT
-    rows = np.zeros((xs.shape[0], (count + 1) * SEGMENT))
-    rows[:, : xs.shape[1]] = xs
-    windows = rows[:, starts[:, None] + np.arange(SEGMENT + 2 * HALF_SPAN - 1)]
-    values = oversampled_magnitude(windows.reshape(-1, windows.shape[-1]), "float32")
-    out = np.zeros((count, SEGMENT))
-    out[near] = values.reshape(xs.shape[0], starts.size, SEGMENT).max(axis=0)
+    segments = np.flatnonzero(near)
+    rows = np.repeat(np.arange(xs.shape[0]), segments.size)
+    values = oversampled_magnitude(segment_windows(xs, rows, np.tile(segments, xs.shape[0])), "float32")
+    out = np.zeros((near.size, SEGMENT))
+    out[near] = values.reshape(xs.shape[0], segments.size, SEGMENT).max(axis=0)
     return out.ravel()[:positions]
 
 

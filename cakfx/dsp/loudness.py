@@ -57,6 +57,7 @@ TRUE_PEAK_FIR = OVERSAMPLE * signal.firwin(
 # the largest sum of a phase's |taps|; the margin covers rounding), so stretches of signal
 # that low cannot hold a peak above one already found and are not oversampled at all.
 PEAK_BOUND = max(float(np.abs(TRUE_PEAK_FIR[p::OVERSAMPLE]).sum()) for p in range(OVERSAMPLE)) * (1 + 1e-9)
+FLOAT32_PEAK_BOUND = PEAK_BOUND * (1 + 1e-5)  # float32 oversampling may round a value up past PEAK_BOUND's
 SEGMENT = 64  # oversampled outputs per segment judged by a bound
 SHORT = 1 << 13  # up to this many outputs the float64 oversampling of everything is the cheaper
 CHUNK = 1 << 16  # whole-signal functions measure this many samples per channel at a time
@@ -378,18 +379,11 @@ def _oversampled_peak(joined: np.ndarray, known: float = 0.0) -> float:
         if float(np.abs(joined).max()) * PEAK_BOUND <= known:
             return 0.0
         return float(oversampled_magnitude(joined).max())
-    count = -(-outputs // SEGMENT)
-    padded = np.zeros((channels, (count + 1) * SEGMENT))
-    padded[:, :length] = joined
-    # the input of segment s is blocks s and s + 1 (it needs TAPS_PER_PHASE - 1 <= SEGMENT more)
-    edges = np.arange(0, padded.shape[1], SEGMENT)
-    block_max = np.stack([np.maximum.reduceat(np.abs(row), edges) for row in padded])  # per row: 5x faster
-    reach = np.maximum(block_max[:, :-1], block_max[:, 1:]) * PEAK_BOUND
-    rows, segments = np.nonzero(reach > known)
+    rows, segments = np.nonzero(segments_near(np.abs(joined), known))
     if rows.size == 0:
         return 0.0
     starts = segments * SEGMENT
-    windows = padded[rows[:, None], starts[:, None] + np.arange(SEGMENT + TAPS_PER_PHASE - 1)]
+    windows = segment_windows(joined, rows, segments)
     rough = oversampled_magnitude(windows, "float32")
     rough[np.arange(SEGMENT) >= (outputs - starts)[:, None]] = 0.0  # the last segment may be short
     top = float(rough.max())
@@ -399,6 +393,30 @@ def _oversampled_peak(joined: np.ndarray, known: float = 0.0) -> float:
     near, at = np.nonzero(rough >= top * (1 - _ROUGH))
     exact = windows[near[:, None], at[:, None] + np.arange(TAPS_PER_PHASE)] @ _PHASES.T
     return float(np.abs(exact).max())
+
+
+def segments_near(magnitude: np.ndarray, threshold: float) -> np.ndarray:
+    """``(R, S)`` mask of the ``SEGMENT``-position stretches of each row of ``magnitude`` (``(R, L)``,
+    ``|signal|``; position ``i`` ends at column ``i + TAPS_PER_PHASE - 1``, as in
+    ``oversampled_magnitude``) whose oversampled values could exceed ``threshold``: a value is at
+    most ``PEAK_BOUND`` times the largest sample it is made of. A NaN sample counts as reaching it.
+    The limiter's sidechain and the peak meters oversample only these."""
+    positions = magnitude.shape[-1] - (TAPS_PER_PHASE - 1)
+    count = -(-positions // SEGMENT)
+    # segment s reads blocks s and s + 1 (it needs TAPS_PER_PHASE - 1 <= SEGMENT more samples)
+    edges = np.arange(0, magnitude.shape[-1], SEGMENT)
+    block_max = np.zeros((magnitude.shape[0], count + 1))
+    block_max[:, : edges.size] = [np.maximum.reduceat(row, edges) for row in magnitude]  # per row: 5x faster
+    return ~(np.maximum(block_max[:, :-1], block_max[:, 1:]) * FLOAT32_PEAK_BOUND <= threshold)
+
+
+def segment_windows(joined: np.ndarray, rows: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """The input of segment ``segments[k]`` of row ``rows[k]`` of ``joined`` (float64, zeros past
+    the end): ``oversampled_magnitude`` of it is that segment's ``SEGMENT`` positions."""
+    count = -(-(joined.shape[-1] - (TAPS_PER_PHASE - 1)) // SEGMENT)
+    padded = np.zeros((joined.shape[0], (count + 1) * SEGMENT))
+    padded[:, : joined.shape[-1]] = joined
+    return padded[rows[:, None], segments[:, None] * SEGMENT + np.arange(SEGMENT + TAPS_PER_PHASE - 1)]
 
 
 _ROUGH = 1e-4  # float32's error on an oversampled value near the peak, relative (measured ~3e-6 at most)
@@ -425,5 +443,4 @@ def _phase_taps(dtype: str):
     """conv1d weights ``(OVERSAMPLE, 1, TAPS_PER_PHASE)``: each phase's taps, reversed (conv1d correlates)."""
     import torch
 
-    taps = np.stack([TRUE_PEAK_FIR[p::OVERSAMPLE][::-1] for p in range(OVERSAMPLE)])[:, None]
-    return torch.from_numpy(np.ascontiguousarray(taps, dtype=dtype))
+    return torch.from_numpy(np.ascontiguousarray(_PHASES[:, None], dtype=dtype))

@@ -151,6 +151,19 @@ def timed_cpu(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def interleaved(tasks: dict, repeats: int) -> tuple[dict, dict]:
+    """Wall and CPU seconds of each of ``tasks`` (name -> function) over ``repeats`` rounds that
+    run every task in turn, so a change in the machine's load falls on all of them alike."""
+    wall: dict = {key: [] for key in tasks}
+    cpu: dict = {key: [] for key in tasks}
+    for _ in range(repeats):
+        for key, fn in tasks.items():
+            seconds, used = timed_cpu(fn)
+            wall[key].append(seconds)
+            cpu[key].append(used)
+    return wall, cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--long-files", type=int, default=10)
@@ -199,13 +212,7 @@ def main() -> None:
             tasks[("long", f"{model} model alone")] = lambda p=path: models_alone(p, held)
         for fn in tasks.values():  # warm-up: imports, weights, FFT plans, first files
             fn()
-        times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks}
-        cpu: dict[tuple[str, str], list[float]] = {key: [] for key in tasks}
-        for _ in range(args.repeats):
-            for key, fn in tasks.items():
-                wall, used = timed_cpu(fn)
-                times[key].append(wall)
-                cpu[key].append(used)
+        times, cpu = interleaved(tasks, args.repeats)
         from cakfx.presets import build_chain, read_preset
 
         built = build_chain(read_preset("texture-drums"), device="cpu")
@@ -214,13 +221,7 @@ def main() -> None:
             "texture-drums": lambda: batch(corpora["tiny"], out / "tiny" / "t", "texture-drums", jobs),
             "chain built": lambda: batch(corpora["tiny"], out / "tiny" / "b", "texture-drums", jobs, built),
         }
-        tiny: dict[str, list[float]] = {key: [] for key in tiny_runs}
-        tiny_cpu: dict[str, list[float]] = {key: [] for key in tiny_runs}
-        for _ in range(args.tiny_repeats):
-            for key, fn in tiny_runs.items():
-                wall, used = timed_cpu(fn)
-                tiny[key].append(wall)
-                tiny_cpu[key].append(used)
+        tiny, tiny_cpu = interleaved(tiny_runs, args.tiny_repeats)
         # CLI start-up: a subprocess on the 0.1 s file against the same work in-process
         cli = [sys.executable, "-m", "cakfx", "process", str(corpora["tiny"]), "-p", str(gain_preset)]
         cli += ["-o", str(out / "tiny" / "cli"), "--overwrite", "-q", "--device", "cpu"]

@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch import MODEL_ONLY, batch, io_floor, make_corpora, models_alone, timed_cpu  # noqa: E402
+from batch import MODEL_ONLY, batch, interleaved, io_floor, make_corpora, models_alone  # noqa: E402
 
 TARGET = 8  # grain-noisy <= 8x the read+write floor on long files
 
@@ -55,13 +55,7 @@ def main() -> None:
         }
         for fn in tasks.values():  # warm-up: imports, weights, FFT plans
             fn()
-        wall: dict[str, list[float]] = {name: [] for name in tasks}
-        cpu: dict[str, list[float]] = {name: [] for name in tasks}
-        for _ in range(args.repeats):
-            for name, fn in tasks.items():
-                w, c = timed_cpu(fn)
-                wall[name].append(w)
-                cpu[name].append(c)
+        wall, cpu = interleaved(tasks, args.repeats)
 
     floor_min, floor_med = min(wall["read+write"]), statistics.median(wall["read+write"])
     floor_cpu = min(cpu["read+write"])
